@@ -1,0 +1,12 @@
+"""fairchem-deq: DEQuiformer (EquiformerV2 as a deep equilibrium model) for fairchem v1.
+
+Importing this package registers its classes in fairchem's registry under short names
+(`deq_equiformer_v2_backbone`, ...). Configs can also name them by dotted path
+(`fairchem_deq.models.DEQEquiformerV2Backbone`), which needs no import hook.
+"""
+
+from fairchem_deq.models import DEQConfig, DEQDivergenceError, DEQEquiformerV2Backbone
+
+__version__ = "0.1.0"
+
+__all__ = ["DEQConfig", "DEQDivergenceError", "DEQEquiformerV2Backbone", "__version__"]

@@ -1,0 +1,14 @@
+"""Models: the DEQuiformer backbone (registered as `deq_equiformer_v2_backbone`)."""
+
+from .deq_config import DEQConfig, SolveSettings
+from .deq_equiformer_v2 import DEQEquiformerV2Backbone, DEQFixedPointLayer
+from .deq_solver import DEQDivergenceError, StructureDEQSolver
+
+__all__ = [
+    "DEQConfig",
+    "DEQDivergenceError",
+    "DEQEquiformerV2Backbone",
+    "DEQFixedPointLayer",
+    "SolveSettings",
+    "StructureDEQSolver",
+]

@@ -1,0 +1,41 @@
+"""Trainer options for DEQuiformer, read from fairchem's config blocks.
+
+    task:
+      deq:
+        reuse: true            # warm-start consecutive frames in validate/predict/relaxations
+        cache_size: 10000      # systems whose latest fixed point is kept
+        trajectory_order: true # evaluate frames ordered by (sid, fid), systems in lockstep
+        compare_cold: true     # also solve each warm-started frame from zero: iterations
+                               # without reuse and the warm/cold force deviation (Markov check)
+    optim:
+      deq:
+        fpc_weight: 0.0        # fixed-point-correction loss weight (paper: 0.8, n_states > 1)
+        reuse_in_training: false
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class DEQEvalOptions:
+    reuse: bool = True
+    cache_size: int = 10000
+    trajectory_order: bool = True
+    compare_cold: bool = True
+
+
+@dataclass
+class DEQTrainOptions:
+    fpc_weight: float = 0.0
+    reuse_in_training: bool = False
+
+
+def parse_options(cls, values: dict | None, where: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in `{where}`; known keys: {sorted(known)}")
+    return cls(**values)

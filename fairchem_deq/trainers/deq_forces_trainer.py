@@ -1,0 +1,201 @@
+"""DEQForcesTrainer: fairchem's EquiformerV2 forces trainer, aware of fixed points.
+
+Overrides only the smallest methods: `_forward` (warm start from the cache, optional cold
+comparison, fixed-point-correction outputs), `_compute_loss` (adds the correction loss),
+`_compute_metrics` (adds solver statistics, so they reach fairchem's log line and its
+tensorboard/wandb logger), and `validate` / `predict` / `run_relaxations` (trajectory order,
+a fresh cache, a summary of solver statistics). Everything else, including checkpoints,
+resume, EMA, DDP and the LR schedule, is fairchem's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from fairchem.core.common import distutils
+from fairchem.core.common.registry import registry
+from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
+
+from .deq_config import DEQEvalOptions, DEQTrainOptions, parse_options
+from .fixed_point_cache import FixedPointCache
+from .solver_stats import SolverStatsAccumulator
+from .trajectory_sampler import TrajectoryBatchSampler, dataset_sids_fids
+
+
+@registry.register_trainer("deq_forces")
+class DEQForcesTrainer(EquiformerV2ForcesTrainer):
+    def __init__(self, *args, name: str = "s2ef", **kwargs):
+        # fairchem names the task "ocp" for any trainer it does not know (dotted paths
+        # included), which drops the S2EF metrics and renames the prediction file.
+        super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
+        self.deq_eval = parse_options(DEQEvalOptions, self.config["task"].get("deq"), "task.deq")
+        self.deq_train = parse_options(DEQTrainOptions, self.config["optim"].get("deq"), "optim.deq")
+        self.fixed_point_cache = FixedPointCache(self.deq_eval.cache_size)
+        self.solver_stats = SolverStatsAccumulator()
+        self._in_relaxation = False
+        self._last_deq_metrics: dict = {}
+        self._fpc_outputs: list[dict] = []
+
+    # ---- model access -------------------------------------------------------------
+    @property
+    def _backbone(self):
+        backbone = getattr(self._unwrapped_model, "backbone", None)
+        if backbone is None or not hasattr(backbone, "deq_layer"):
+            raise TypeError(
+                "DEQForcesTrainer needs a hydra model whose backbone is "
+                "fairchem_deq.models.DEQEquiformerV2Backbone"
+            )
+        return backbone
+
+    def _reuse_now(self) -> bool:
+        if self.model.training:
+            return self.deq_train.reuse_in_training
+        return self.deq_eval.reuse
+
+    # ---- forward / loss / metrics -------------------------------------------------
+    def _forward(self, batch):
+        batch = batch.to(self.device)
+        if "fixed_point" in batch:
+            del batch.fixed_point
+        reuse = self._reuse_now()
+        warm = self.fixed_point_cache.warm_start(batch) if reuse else None
+        cold_out = cold_stats = None
+        if warm is not None and not self.model.training and self.deq_eval.compare_cold and not self._in_relaxation:
+            cold_out = super()._forward(batch)
+            cold_stats = self._backbone.last_output["deq_stats"]
+        if warm is not None:
+            batch.fixed_point = warm
+        out = super()._forward(batch)
+        backbone_out = self._backbone.last_output
+        if "fixed_point" in batch:
+            del batch.fixed_point  # keep fairchem's metric code away from it
+        if reuse:
+            self.fixed_point_cache.store(batch, backbone_out["fixed_point"])
+        self._last_deq_metrics = self.solver_stats.add(
+            backbone_out["deq_stats"], warm=warm is not None, cold_stats=cold_stats,
+            forces=out.get("forces"), cold_forces=None if cold_out is None else cold_out.get("forces"),
+            natoms=batch.natoms,
+        )
+        self._fpc_outputs = []
+        if self.model.training and self.deq_train.fpc_weight > 0:
+            self._fpc_outputs = [self._decode_state(s, backbone_out, batch) for s in backbone_out.get("deq_states", [])]
+        return out
+
+    def _decode_state(self, state, backbone_out, batch) -> dict:
+        """Head outputs for an intermediate solver state, mapped to targets like `_forward`."""
+        emb = {"node_embedding": state, "graph": backbone_out["graph"]}
+        heads = self._unwrapped_model.output_heads
+        raw = {name: head(batch, emb) for name, head in heads.items()}
+        outputs = {}
+        for target, spec in self.output_targets.items():
+            if target not in raw:
+                continue
+            pred = raw[target][spec["property"]] if isinstance(raw[target], dict) else raw[target]
+            shape = (int(batch.natoms.sum()), -1) if spec["level"] == "atom" else (batch.natoms.numel(), -1)
+            outputs[target] = pred.view(*shape)
+        return outputs
+
+    def _compute_loss(self, out, batch):
+        loss = super()._compute_loss(out, batch)
+        if self._fpc_outputs:
+            correction = sum(super(DEQForcesTrainer, self)._compute_loss(o, batch) for o in self._fpc_outputs)
+            loss = loss + self.deq_train.fpc_weight * correction / len(self._fpc_outputs)
+        return loss
+
+    def _compute_metrics(self, out, batch, evaluator, metrics=None):
+        metrics = super()._compute_metrics(out, batch, evaluator, metrics)
+        for key, stat in self._last_deq_metrics.items():
+            metrics = evaluator.update(key, stat, metrics)
+        return metrics
+
+    # ---- evaluation paths ---------------------------------------------------------
+    def _trajectory_loader(self, loader):
+        if not (self.deq_eval.reuse and self.deq_eval.trajectory_order) or loader is None:
+            return loader
+        if not isinstance(loader, torch.utils.data.DataLoader):
+            return loader
+        sids, fids = dataset_sids_fids(loader.dataset)
+        sampler = TrajectoryBatchSampler(
+            sids, fids, batch_size=loader.batch_sampler.batch_size
+            if hasattr(loader.batch_sampler, "batch_size") else 1,
+            rank=distutils.get_rank(), world_size=distutils.get_world_size(),
+        )
+        return self.get_dataloader(loader.dataset, sampler)
+
+    def _start_evaluation(self):
+        self.fixed_point_cache.clear()
+        self.solver_stats.reset()
+
+    def validate(self, split: str = "val", disable_tqdm: bool = False):
+        self._start_evaluation()
+        attr = "val_loader" if split == "val" else "test_loader"
+        original = getattr(self, attr)
+        setattr(self, attr, self._trajectory_loader(original))
+        try:
+            metrics = super().validate(split=split, disable_tqdm=disable_tqdm)
+        finally:
+            setattr(self, attr, original)
+        summary = self._summarise(f"validate:{split}")
+        for key in ("deq_nstep_max", "deq_nstep_cold_max"):
+            if key in summary:
+                metrics[key] = {"metric": summary[key], "total": summary[key], "numel": 1}
+        return metrics
+
+    def predict(self, data_loader, per_image: bool = True, results_file: str | None = None,
+                disable_tqdm: bool = False):
+        if not isinstance(data_loader, torch.utils.data.DataLoader):
+            return super().predict(data_loader, per_image, results_file, disable_tqdm)
+        self._start_evaluation()
+        predictions = super().predict(self._trajectory_loader(data_loader), per_image,
+                                      results_file, disable_tqdm)
+        self._summarise("predict", results_file)
+        return predictions
+
+    def run_relaxations(self):
+        self._start_evaluation()
+        self._in_relaxation = True
+        try:
+            super().run_relaxations()
+        finally:
+            self._in_relaxation = False
+        self._summarise("relaxations", "relaxations")
+
+    def _summarise(self, what: str, results_file: str | None = None) -> dict:
+        summary = self.solver_stats.summary(reduce_max=_all_reduce_max, reduce_sum=_all_reduce_sum,
+                                            device=self.device)
+        summary["cache_hits"], summary["cache_misses"] = (
+            self.fixed_point_cache.hits, self.fixed_point_cache.misses)
+        if distutils.is_master() and summary:
+            logging.info("DEQ solver statistics (%s): %s", what,
+                         ", ".join(f"{k}: {v:.4g}" for k, v in summary.items()))
+            if self.logger is not None:
+                self.logger.log({k: v for k, v in summary.items()}, step=self.step, split=what.replace(":", "_"))
+            if results_file is not None:
+                results_dir = Path(self.config["cmd"]["results_dir"])
+                results_dir.mkdir(parents=True, exist_ok=True)
+                path = results_dir / f"{self.name}_{results_file}_deq_stats.json"
+                tmp = path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(summary, indent=2))
+                os.replace(tmp, path)
+        return summary
+
+
+def _all_reduce_max(value: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _all_reduce_sum(value: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())

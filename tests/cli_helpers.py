@@ -1,0 +1,58 @@
+"""Runs fairchem's own CLI (and ours) in a subprocess on small real data."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+
+# the paper's MD config shrunk to a CPU-test size, as fairchem CLI overrides
+TINY_OVERRIDES = [
+    "--model.backbone.sphere_channels=16",
+    "--model.backbone.attn_hidden_channels=8",
+    "--model.backbone.num_heads=2",
+    "--model.backbone.attn_alpha_channels=8",
+    "--model.backbone.attn_value_channels=4",
+    "--model.backbone.ffn_hidden_channels=16",
+    "--model.backbone.lmax_list=[2]",
+    "--model.backbone.mmax_list=[2]",
+    "--model.backbone.grid_resolution=8",
+    "--model.backbone.num_sphere_samples=32",
+    "--model.backbone.edge_channels=16",
+    "--optim.num_workers=0",
+    "--optim.batch_size=4",
+    "--optim.eval_batch_size=4",
+    "--optim.scheduler_params.warmup_epochs=0.01",
+]
+
+LOSS = re.compile(r"\bloss: ([-+0-9.e]+)")
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 900, program: str = "fairchem") -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [str(BIN / program), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{program} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def dataset_overrides(data_dir: Path) -> list[str]:
+    return [
+        f"--dataset.train.src={data_dir / 'train'}",
+        f"--dataset.val.src={data_dir / 'val'}",
+        f"--dataset.test.src={data_dir / 'val'}",
+    ]
+
+
+def logged_losses(text: str) -> list[float]:
+    return [float(m) for m in LOSS.findall(text)]

@@ -1,0 +1,175 @@
+"""DEQuiformer backbone on real frames (MD17 ethanol, OC20 relaxation)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import ethanol_atoms, make_model, oc20_atoms, to_batch
+
+TIGHT = {"max_iter": 80, "tol": 1e-5, "stop_mode": "rel"}
+TIGHT_DEQ = {"solver": "anderson", "train": TIGHT, "eval_cold": TIGHT, "eval_warm": TIGHT}
+
+
+def _predict(model, batch):
+    out = model(batch)
+    return out["energy"]["energy"].detach(), out["forces"]["forces"].detach()
+
+
+def _rotation(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diag(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def test_energy_invariant_forces_equivariant_under_rotation():
+    model = make_model(TIGHT_DEQ).eval()
+    atoms = ethanol_atoms([0])[0]
+    rotated = atoms.copy()
+    rot = _rotation(1).numpy()
+    center = rotated.positions.mean(axis=0)
+    rotated.positions = (rotated.positions - center) @ rot.T + center
+    e0, f0 = _predict(model, to_batch([atoms]))
+    e1, f1 = _predict(model, to_batch([rotated]))
+    f0_rot = f0 @ torch.as_tensor(rot.T, dtype=f0.dtype)
+    assert torch.allclose(e0, e1, rtol=1e-4, atol=1e-5)
+    assert (f1 - f0_rot).norm() / f0.norm() < 1e-3
+
+
+def test_fixed_point_residual_within_tolerance_and_warm_start_is_immediate():
+    model = make_model(TIGHT_DEQ).eval()
+    batch = to_batch(ethanol_atoms([5]))
+    backbone = model.backbone
+    emb = backbone(batch)
+    stats = emb["deq_stats"]
+    assert bool(stats["converged"].all())
+    assert float(stats["rel_residual"].max()) < TIGHT["tol"]
+    assert int(stats["nstep"].max()) > 2  # a cold solve really iterates
+    e_cold, f_cold = _predict(model, batch)
+
+    warm = to_batch(ethanol_atoms([5]))
+    warm.fixed_point = emb["fixed_point"]
+    out = backbone(warm)
+    assert int(out["deq_stats"]["nstep"].max()) <= 2
+    warm2 = to_batch(ethanol_atoms([5]))
+    warm2.fixed_point = emb["fixed_point"]
+    e_warm, f_warm = _predict(model, warm2)
+    assert torch.allclose(e_warm, e_cold, rtol=1e-4, atol=1e-4)
+    assert (f_warm - f_cold).norm() / f_cold.norm() < 1e-3
+
+
+def test_batched_structures_of_different_sizes_match_single_solves():
+    model = make_model(TIGHT_DEQ, max_radius=6.0).eval()
+    # fairchem's graph builder needs one periodicity per batch: three slabs of 2 sizes
+    frames = [oc20_atoms("random1000156.traj", 0), oc20_atoms("random1000163.traj", 0),
+              oc20_atoms("random1000156.traj", 5)]
+    assert len(frames[0]) != len(frames[1])
+    e_batch, f_batch = _predict(model, to_batch(frames))
+    stats = model.backbone(to_batch(frames))["deq_stats"]
+    assert stats["nstep"].shape == (3,) and stats["rel_residual"].shape == (3,)
+    offset = 0
+    for i, atoms in enumerate(frames):
+        e, f = _predict(model, to_batch([atoms]))
+        n = len(atoms)
+        assert torch.allclose(e_batch[i], e[0], rtol=1e-4, atol=1e-4)
+        assert (f_batch[offset:offset + n] - f).norm() / f.norm() < 2e-3
+        offset += n
+
+
+def test_implicit_gradient_matches_unrolled_gradient():
+    """IFT gradient == gradient through 80 explicit applications of f from z* (float32)."""
+    solve = {"max_iter": 200, "tol": 1e-6, "stop_mode": "rel"}
+    ift = make_model({"train": solve, "grad": "ift", "b_tol": 1e-9, "b_max_iter": 300})
+    unrolled = make_model({"train": solve, "grad": 80})
+    unrolled.load_state_dict(ift.state_dict())
+    grads = []
+    for model in (ift, unrolled):
+        model.train()
+        torch.manual_seed(0)  # the same random edge frame in both models
+        out = model(to_batch(ethanol_atoms([10])))
+        loss = out["energy"]["energy"].sum() + (out["forces"]["forces"] ** 2).sum()
+        params = [p for n, p in model.named_parameters() if "backbone.blocks.0.blocks" in n]
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    assert grads[0].norm() > 0
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 1e-3
+
+
+def test_geometry_only_radial_functions_run_once_per_solve(monkeypatch):
+    from fairchem.core.models.equiformer_v2.radial_function import RadialFunction
+
+    calls = []
+    original = RadialFunction.forward
+
+    def counting(self, inputs):
+        calls.append(id(self))
+        return original(self, inputs)
+
+    monkeypatch.setattr(RadialFunction, "forward", counting)
+    model = make_model(TIGHT_DEQ, num_layers=2).eval()
+    stats = model.backbone(to_batch(ethanol_atoms([3])))["deq_stats"]
+    inner = {id(m) for m in model.backbone.deq_layer.blocks.modules() if isinstance(m, RadialFunction)}
+    inner_calls = [c for c in calls if c in inner]
+    assert int(stats["nfe"]) > 5
+    assert len(inner_calls) == len(inner)  # once per module, not once per iteration
+
+
+def test_dropout_masks_are_held_across_iterations():
+    deq = {"solver": "fixed_point_iter", "train": {"max_iter": 100, "tol": 1e-4, "stop_mode": "rel"}}
+    model = make_model(deq, alpha_drop=0.3, drop_path_rate=0.3, proj_drop=0.3)
+    model.train()
+    stats = model.backbone(to_batch(ethanol_atoms([0, 1])))["deq_stats"]
+    # with masks redrawn every iteration f changes each step and no fixed point is reached
+    assert bool(stats["converged"].all()), stats
+
+
+def test_unknown_solver_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Unknown DEQ solver 'newton'.*anderson.*broyden.*fixed_point_iter"):
+        make_model({"solver": "newton"})
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['f_tol'\]"):
+        make_model({"f_tol": 1e-3})
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point_iter"])
+def test_each_solver_converges(solver):
+    cfg = {"max_iter": 60, "tol": 1e-4, "stop_mode": "rel"}
+    model = make_model({"solver": solver, "eval_cold": cfg}).eval()
+    stats = model.backbone(to_batch(ethanol_atoms([0, 100])))["deq_stats"]
+    assert bool(stats["converged"].all())
+
+
+def test_non_finite_solve_raises_and_non_converged_is_reported(caplog):
+    from fairchem_deq.models import DEQDivergenceError
+
+    model = make_model({"eval_cold": {"max_iter": 3, "tol": 1e-12}}).eval()
+    with caplog.at_level(logging.WARNING):
+        stats = model.backbone(to_batch(ethanol_atoms([0])))["deq_stats"]
+    assert not bool(stats["converged"].any())
+    assert int(stats["nstep"][0]) == 3
+    assert "did not reach tol" in caplog.text
+
+    with torch.no_grad():
+        model.backbone.deq_layer.blocks[0].ffn.so3_linear_1.weight.fill_(float("nan"))
+    with pytest.raises(DEQDivergenceError, match="non-finite"):
+        model.backbone(to_batch(ethanol_atoms([0])))
+
+
+def test_failed_warm_start_falls_back_to_cold_start():
+    model = make_model(TIGHT_DEQ).eval()
+    batch = to_batch(ethanol_atoms([0]))
+    bad = model.backbone(batch)["fixed_point"] * float("nan")
+    warm = to_batch(ethanol_atoms([0]))
+    warm.fixed_point = bad
+    stats = model.backbone(warm)["deq_stats"]
+    assert bool(stats["fallback"].all()) and bool(stats["converged"].all())
+
+
+def test_warm_start_of_wrong_shape_is_rejected():
+    model = make_model().eval()
+    batch = to_batch(ethanol_atoms([0]))
+    batch.fixed_point = torch.zeros(5, 9, 16)
+    with pytest.raises(ValueError, match="fixed_point warm start has shape"):
+        model.backbone(batch)
