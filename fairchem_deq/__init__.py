@@ -6,7 +6,18 @@ Importing this package registers its classes in fairchem's registry under short 
 """
 
 from fairchem_deq.models import DEQConfig, DEQDivergenceError, DEQEquiformerV2Backbone
+from fairchem_deq.simulate import DEQCalculator, run_md, run_relaxation
+from fairchem_deq.trainers import DEQForcesTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["DEQConfig", "DEQDivergenceError", "DEQEquiformerV2Backbone", "__version__"]
+__all__ = [
+    "DEQCalculator",
+    "DEQConfig",
+    "DEQDivergenceError",
+    "DEQEquiformerV2Backbone",
+    "DEQForcesTrainer",
+    "__version__",
+    "run_md",
+    "run_relaxation",
+]

@@ -15,6 +15,8 @@ import sys
 # subcommand name -> module with add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
     "convert": "fairchem_deq.data.convert_cli",
+    "md": "fairchem_deq.simulate.md_cli",
+    "relax": "fairchem_deq.simulate.relax_cli",
 }
 
 

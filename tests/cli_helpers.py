@@ -27,10 +27,11 @@ TINY_OVERRIDES = [
     "--optim.num_workers=0",
     "--optim.batch_size=4",
     "--optim.eval_batch_size=4",
-    "--optim.scheduler_params.warmup_epochs=0.01",
+    "--optim.scheduler_params.warmup_epochs=0.1",
 ]
 
 LOSS = re.compile(r"\bloss: ([-+0-9.e]+)")
+STEP = re.compile(r"\bstep: ([-+0-9.e]+)")
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 900, program: str = "fairchem") -> subprocess.CompletedProcess:
@@ -50,9 +51,13 @@ def dataset_overrides(data_dir: Path) -> list[str]:
     return [
         f"--dataset.train.src={data_dir / 'train'}",
         f"--dataset.val.src={data_dir / 'val'}",
-        f"--dataset.test.src={data_dir / 'val'}",
+        f"--dataset.test.src={data_dir / 'test'}",
     ]
 
 
 def logged_losses(text: str) -> list[float]:
     return [float(m) for m in LOSS.findall(text)]
+
+
+def logged_steps(text: str) -> list[int]:
+    return [int(float(m)) for m in STEP.findall(text)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 
 import pytest
-from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, logged_losses, run_cli
+from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, logged_losses, logged_steps, run_cli
 from conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -26,6 +26,7 @@ def _train_args(run_dir, data_dir, identifier, epochs):
         "--run-dir", str(run_dir), "--identifier", identifier, "--timestamp-id", identifier,
         "--print-every", "4", *TINY_OVERRIDES, *dataset_overrides(data_dir),
         f"--optim.max_epochs={epochs}", "--optim.eval_every=1000000", "--optim.lr_initial=0.002",
+        "--optim.checkpoint_every=-1",  # fairchem: save checkpoint.pt at the end of every epoch
     ]
 
 
@@ -39,4 +40,26 @@ def test_training_through_fairchem_cli_lowers_loss_and_logs_solver_stats(ethanol
     assert "deq_nstep:" in log and "deq_rel_residual:" in log and "deq_nonconverged:" in log
     # fairchem's tensorboard logger got the run
     assert glob.glob(str(tmp_path / "logs" / "tensorboard" / "deq-train" / "events.out.*"))
-    assert glob.glob(str(tmp_path / "checkpoints" / "deq-train" / "checkpoint.pt"))
+    assert (tmp_path / "checkpoints" / "deq-train" / "checkpoint.pt").is_file()
+
+
+def test_train_stop_resume_continues_step_counter_and_loss(ethanol_lmdb, tmp_path):
+    first = run_cli(_train_args(tmp_path, ethanol_lmdb, "deq-part1", epochs=2), cwd=tmp_path)
+    log1 = first.stdout + first.stderr
+    steps1, losses1 = logged_steps(log1), logged_losses(log1)
+    checkpoint = tmp_path / "checkpoints" / "deq-part1" / "checkpoint.pt"
+    assert checkpoint.is_file()
+    second = run_cli(
+        [*_train_args(tmp_path, ethanol_lmdb, "deq-part2", epochs=3), "--checkpoint", str(checkpoint)],
+        cwd=tmp_path,
+    )
+    log2 = second.stdout + second.stderr
+    steps2, losses2 = logged_steps(log2), logged_losses(log2)
+    assert steps2 and min(steps2) > max(steps1), (steps1, steps2)
+    # weights and optimiser state came back: the loss carries on below where run 1 began
+    assert sum(losses2) / len(losses2) < sum(losses1[:3]) / 3, (losses1, losses2)
+    import torch
+
+    state = torch.load(tmp_path / "checkpoints" / "deq-part2" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 * 64 // 4  # 3 epochs of 64 frames in batches of 4, across both runs
+    assert state["optimizer"] and state["scheduler"] and state["ema"]

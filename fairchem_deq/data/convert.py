@@ -1,0 +1,228 @@
+"""Convert MD17/MD22 npz, extxyz and ASE .traj trajectories into split fairchem LMDBs.
+
+Output layout (one directory per split, each a valid fairchem `src`):
+
+    <out>/
+      train/data.lmdb  train/metadata.npz
+      val/data.lmdb    val/metadata.npz
+      test/data.lmdb   test/metadata.npz     (or all/... with split="none")
+      conversion.json                         (inputs, sids, units, split settings, counts)
+
+Every entry is a torch_geometric Data with pos (Å), cell [1,3,3], pbc [1,3], atomic_numbers,
+natoms, tags, fixed, sid [1] (one id per input file), fid [1] (frame index in the file, in time
+order), energy and forces. Energies and forces are eV and eV/Å by default (units="ev"); npz
+inputs (kcal/mol) are converted, units="kcal/mol" keeps kcal/mol and kcal/mol/Å instead.
+Energies are the files' total energies: for OC20 relaxations these are total DFT energies, NOT
+the referenced adsorption energies of the official S2EF LMDBs.
+
+Splits (the DEQuiformer paper's protocol, split="paper"): n_train and n_val frames are drawn
+at random (numpy default_rng(seed).permutation) from the whole trajectory; the remaining frames
+form `test`. Within every split entries are stored in time order (input file order, then fid),
+so consecutive entries of `test` are consecutive MD frames. With several input files,
+split_by="frame" pools all frames, split_by="system" draws whole files (n_train/n_val count
+files). Empty splits are not written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fairchem_deq.data.lmdb_writer import (
+    LMDB_NAME,
+    METADATA_NAME,
+    atomic_directory,
+    atoms_to_data,
+    make_atoms_to_graphs,
+    write_lmdb,
+    write_metadata,
+)
+from fairchem_deq.data.oc20_tags import oc20_tags as rebuild_oc20_tags
+from fairchem_deq.data.readers import (
+    SUFFIX_FORMATS,
+    MAX_NUM_ELEMENTS,
+    MOLECULE_CELL,
+    DatasetFormatError,
+    normalize_unit,
+    read_frames,
+    system_id_from_name,
+)
+
+SPLIT_MODES = ("paper", "none")
+SPLIT_BY = ("frame", "system")
+PAPER_SPLITS = ("train", "val", "test")
+INFO_NAME = "conversion.json"
+
+
+class SplitError(ValueError):
+    """The requested split does not fit the data (e.g. n_train + n_val > number of frames)."""
+
+
+@dataclass
+class Trajectory:
+    """One input file: its system id and its validated frames (time order)."""
+
+    path: Path
+    sid: int
+    frames: Sequence
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory expands to its .npz/.extxyz/.xyz/.traj files, sorted by name."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS)
+            if not found:
+                raise DatasetFormatError(path, f"directory holds no {sorted(SUFFIX_FORMATS)} files")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DatasetFormatError(path, "no such file or directory")
+    if not paths:
+        raise ValueError("no input files given")
+    return paths
+
+
+def assign_system_ids(paths: Sequence[Path]) -> list[int]:
+    """sid per file: the integer of a `random<sid>.<ext>` name, else the file's index in `paths`.
+
+    If that gives two files the same sid, every file gets its index instead.
+    """
+    sids = [system_id_from_name(p) for p in paths]
+    sids = [index if sid is None else sid for index, sid in enumerate(sids)]
+    return sids if len(set(sids)) == len(sids) else list(range(len(paths)))
+
+
+def paper_split(n: int, n_train: int = 950, n_val: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+    """Indices 0..n-1 split into train/val (random, seeded) and test (the rest), each sorted."""
+    if n_train < 0 or n_val < 0:
+        raise SplitError(f"n_train and n_val must be >= 0 (got {n_train}, {n_val})")
+    if n_train + n_val > n:
+        raise SplitError(f"n_train + n_val = {n_train} + {n_val} = {n_train + n_val} > {n} available")
+    perm = np.random.default_rng(seed).permutation(n)
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train : n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val :]),
+    }
+
+
+def plan_splits(
+    trajectories: Sequence[Trajectory],
+    split: str = "paper",
+    n_train: int = 950,
+    n_val: int = 50,
+    seed: int = 0,
+    split_by: str = "frame",
+) -> dict[str, list[tuple[int, int]]]:
+    """Split name -> list of (trajectory index, fid), in time order; empty splits dropped."""
+    frames = [(t, fid) for t, traj in enumerate(trajectories) for fid in range(len(traj.frames))]
+    if split == "none":
+        return {"all": frames}
+    if split_by == "frame":
+        try:
+            parts = paper_split(len(frames), n_train, n_val, seed)
+        except SplitError as exc:
+            raise SplitError(f"split by frame: {exc} frames") from exc
+        plan = {name: [frames[i] for i in idx] for name, idx in parts.items()}
+    else:
+        try:
+            parts = paper_split(len(trajectories), n_train, n_val, seed)
+        except SplitError as exc:
+            raise SplitError(f"split by system: {exc} systems (input files)") from exc
+        plan = {
+            name: [(t, fid) for t in idx for fid in range(len(trajectories[t].frames))]
+            for name, idx in parts.items()
+        }
+    return {name: entries for name, entries in plan.items() if entries}
+
+
+def convert(
+    inputs: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    fmt: str = "auto",
+    units: str = "ev",
+    split: str = "paper",
+    n_train: int = 950,
+    n_val: int = 50,
+    seed: int = 0,
+    split_by: str = "frame",
+    oc20_tags: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    molecule_cell: float = MOLECULE_CELL,
+    max_num_elements: int = MAX_NUM_ELEMENTS,
+) -> dict[str, int]:
+    """Convert trajectories into `<out>/<split>/{data.lmdb,metadata.npz}`; returns split -> count.
+
+    All inputs are read and validated first (DatasetFormatError on a bad file, SplitError on an
+    impossible split); output is written into `<out>.tmp-<pid>` and renamed to `out` only when
+    complete, so a failure or interrupt leaves nothing. `oc20_tags` rebuilds tags from FixAtoms
+    (see fairchem_deq.data.oc20_tags); otherwise the files' tags (0 when absent) are kept.
+    """
+    units = normalize_unit(units)
+    if split not in SPLIT_MODES:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLIT_MODES}")
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"unknown split_by {split_by!r}; choose one of {SPLIT_BY}")
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{out} already exists (use overwrite=True / --overwrite to replace it)")
+
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    sids = assign_system_ids(paths)
+    trajectories = [
+        Trajectory(
+            path,
+            sid,
+            read_frames(path, fmt, units=units, molecule_cell=molecule_cell, max_num_elements=max_num_elements),
+        )
+        for path, sid in zip(paths, sids)
+    ]
+    plan = plan_splits(trajectories, split, n_train, n_val, seed, split_by)
+
+    a2g = make_atoms_to_graphs()
+
+    def data_objects(entries, bar):
+        for t, fid in entries:
+            traj = trajectories[t]
+            atoms = traj.frames[fid]
+            if oc20_tags:
+                atoms.set_tags(rebuild_oc20_tags(atoms))
+            yield atoms_to_data(atoms, traj.sid, fid, a2g)
+            bar.update(1)
+
+    counts: dict[str, int] = {}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for name, entries in plan.items():
+            (tmp / name).mkdir()
+            with tqdm(total=len(entries), desc=f"{name}", unit="frame", disable=not progress) as bar:
+                natoms = write_lmdb(tmp / name / LMDB_NAME, data_objects(entries, bar))
+            write_metadata(tmp / name / METADATA_NAME, natoms)
+            counts[name] = len(natoms)
+        info = {
+            "inputs": [{"path": str(t.path), "sid": t.sid, "frames": len(t.frames)} for t in trajectories],
+            "units": {
+                "energy": "eV" if units == "ev" else "kcal/mol",
+                "forces": "eV/Å" if units == "ev" else "kcal/mol/Å",
+                "positions": "Å",
+            },
+            "split": split,
+            "split_by": split_by if split == "paper" else None,
+            "n_train": n_train if split == "paper" else None,
+            "n_val": n_val if split == "paper" else None,
+            "seed": seed if split == "paper" else None,
+            "oc20_tags": oc20_tags,
+            "counts": counts,
+        }
+        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return counts

@@ -1,0 +1,40 @@
+"""Arguments shared by `fairchem-deq md` and `fairchem-deq relax`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)")
+    parser.add_argument("--structure", required=True,
+                        help="starting structure: sGDML .npz (MD17/MD22), extxyz or ASE .traj")
+    parser.add_argument("--frame", type=int, default=0, help="frame of --structure to start from (default 0)")
+    parser.add_argument("--no-reuse", action="store_true", help="solve every step from zero (no warm start)")
+    parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
+    parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_calculator_and_structure(args):
+    from fairchem_deq.data.readers import read_frames
+    from fairchem_deq.simulate.calculator import DEQCalculator
+
+    frames = read_frames(args.structure)
+    if not -len(frames) <= args.frame < len(frames):
+        raise SystemExit(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
+    atoms = frames[args.frame].copy()
+    atoms.calc = None
+    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse)
+    return calc, atoms
+
+
+def write_report(out_dir, report: dict) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(out_dir) / "report.json"
+    tmp = path.with_name(".report.json.partial")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""Molecular dynamics with a (DEQ) ASE calculator: NVE or Langevin NVT, with a log of
+energy, temperature and solver iterations per step, and a stability report.
+
+The trajectory and the log are written to temporary files and renamed when the run ends
+(also when it stops early because the simulation became unphysical), so an interrupted
+run never leaves a complete-looking file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.io.trajectory import Trajectory
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+from tqdm import tqdm
+
+LOG_FIELDS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K",
+              "solver_iterations", "rel_residual", "max_force_eVA", "min_distance_A"]
+
+
+@dataclass
+class MDReport:
+    steps_run: int
+    ensemble: str
+    timestep_fs: float
+    natoms: int
+    mean_solver_iterations: float | None
+    energy_drift_meV_per_atom_per_ps: float | None  # slope of E_tot(t), NVE only
+    unphysical_step: int | None  # first step that broke a threshold, None if stable
+    unphysical_reason: str | None
+    trajectory: str | None
+    log: str | None
+    rows: list[dict] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("rows")
+        return d
+
+
+def _min_distance(atoms: Atoms) -> float:
+    if len(atoms) < 2:
+        return float("inf")
+    d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    return float(d[np.triu_indices(len(atoms), 1)].min())
+
+
+def run_md(
+    atoms: Atoms,
+    calculator,
+    *,
+    ensemble: str = "nve",
+    timestep_fs: float = 0.5,
+    steps: int = 1000,
+    temperature_K: float = 300.0,
+    friction_per_fs: float = 0.01,
+    seed: int = 0,
+    trajectory: str | Path | None = None,
+    log: str | Path | None = None,
+    max_force: float = 50.0,
+    min_distance: float = 0.5,
+    progress: bool = True,
+    init_velocities: bool = True,
+) -> MDReport:
+    """Runs MD; stops early when forces exceed `max_force` (eV/Å), two atoms come closer
+    than `min_distance` (Å), or energies become non-finite."""
+    if ensemble not in ("nve", "nvt"):
+        raise ValueError(f"unknown ensemble {ensemble!r}; choose 'nve' or 'nvt'")
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    if init_velocities:
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+        Stationary(atoms)
+    dt = timestep_fs * units.fs
+    if ensemble == "nve":
+        dyn = VelocityVerlet(atoms, timestep=dt)
+    else:
+        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
+                       friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed))
+
+    traj_tmp = _tmp(trajectory)
+    traj_writer = Trajectory(str(traj_tmp), "w", atoms) if traj_tmp else None
+    rows: list[dict] = []
+    unphysical_step, reason = None, None
+    bar = tqdm(total=steps, desc=f"MD {ensemble}", disable=not progress, unit="step")
+    try:
+        for step in range(steps + 1):
+            if step > 0:
+                dyn.run(1)
+                bar.update(1)
+            forces = atoms.get_forces()
+            epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+            stats = getattr(calculator, "last_solver_stats", {}) or {}
+            row = {
+                "step": step, "time_fs": step * timestep_fs, "epot_eV": epot, "ekin_eV": ekin,
+                "etot_eV": epot + ekin, "temperature_K": atoms.get_temperature(),
+                "solver_iterations": stats.get("nstep"), "rel_residual": stats.get("rel_residual"),
+                "max_force_eVA": float(np.linalg.norm(forces, axis=1).max()),
+                "min_distance_A": _min_distance(atoms),
+            }
+            rows.append(row)
+            if traj_writer is not None:
+                traj_writer.write(atoms)
+            if stats.get("nstep") is not None:
+                bar.set_postfix(iters=int(stats["nstep"]), T=f"{row['temperature_K']:.0f}K")
+            if not np.isfinite(row["etot_eV"]) or not np.isfinite(forces).all():
+                unphysical_step, reason = step, "non-finite energy or forces"
+            elif row["max_force_eVA"] > max_force:
+                unphysical_step, reason = step, f"max force {row['max_force_eVA']:.1f} eV/Å > {max_force}"
+            elif row["min_distance_A"] < min_distance:
+                unphysical_step, reason = step, f"atoms {row['min_distance_A']:.2f} Å apart < {min_distance}"
+            if unphysical_step is not None:
+                break
+    finally:
+        bar.close()
+        if traj_writer is not None:
+            traj_writer.close()
+    if traj_tmp:
+        os.replace(traj_tmp, trajectory)
+    if log:
+        _write_log(rows, Path(log))
+    iters = [r["solver_iterations"] for r in rows if r["solver_iterations"] is not None]
+    drift = None
+    if ensemble == "nve" and len(rows) > 2:
+        t_ps = np.array([r["time_fs"] for r in rows]) / 1000.0
+        etot = np.array([r["etot_eV"] for r in rows])
+        if np.isfinite(etot).all():
+            drift = float(np.polyfit(t_ps, etot, 1)[0] / len(atoms) * 1000.0)
+    return MDReport(
+        steps_run=rows[-1]["step"], ensemble=ensemble, timestep_fs=timestep_fs, natoms=len(atoms),
+        mean_solver_iterations=float(np.mean(iters)) if iters else None,
+        energy_drift_meV_per_atom_per_ps=drift, unphysical_step=unphysical_step,
+        unphysical_reason=reason, trajectory=str(trajectory) if trajectory else None,
+        log=str(log) if log else None, rows=rows,
+    )
+
+
+def _tmp(path) -> Path | None:
+    if not path:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.partial")
+
+
+def _write_log(rows: list[dict], path: Path) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
