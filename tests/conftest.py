@@ -83,3 +83,41 @@ def _register():
     import fairchem_deq  # noqa: F401
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def ethanol_lmdb(tmp_path_factory):
+    """Bundled MD17 ethanol frames as fairchem LMDBs: 64 train / 8 val, the rest as test."""
+    from fairchem_deq.data import convert
+
+    out = tmp_path_factory.mktemp("md17") / "ethanol"
+    convert(DATA / "md17_ethanol_300.npz", out, n_train=64, n_val=8, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ethanol_trajectory_lmdb(tmp_path_factory):
+    """The first 40 consecutive ethanol frames in time order (one trajectory, split none)."""
+    from fairchem_deq.data import convert
+
+    d = np.load(DATA / "md17_ethanol_300.npz")
+    folder = tmp_path_factory.mktemp("md17traj")
+    src = folder / "ethanol_40.npz"
+    np.savez(src, R=d["R"][:40], z=d["z"], E=d["E"][:40], F=d["F"][:40])
+    convert(src, folder / "lmdb", split="none", progress=False)
+    return folder / "lmdb" / "all"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, ethanol_lmdb):
+    """A tiny DEQ1 trained for 3 epochs on ethanol through fairchem's CLI (shipped config)."""
+    from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    run_cli([
+        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
+        "--run-dir", str(run_dir), "--identifier", "tiny", "--timestamp-id", "tiny",
+        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), "--optim.max_epochs=3",
+        "--optim.eval_every=1000000", "--optim.checkpoint_every=-1", "--optim.lr_initial=0.002",
+    ], cwd=run_dir)
+    return run_dir / "checkpoints" / "tiny" / "checkpoint.pt"

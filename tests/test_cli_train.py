@@ -6,18 +6,8 @@ import glob
 
 import pytest
 from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, logged_losses, logged_steps, run_cli
-from conftest import DATA
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ethanol_lmdb(tmp_path_factory):
-    from fairchem_deq.data import convert
-
-    out = tmp_path_factory.mktemp("md17") / "ethanol"
-    convert(DATA / "md17_ethanol_300.npz", out, n_train=64, n_val=8, seed=0, progress=False)
-    return out
 
 
 def _train_args(run_dir, data_dir, identifier, epochs):

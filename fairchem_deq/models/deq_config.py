@@ -40,7 +40,9 @@ class DEQConfig:
     solver: str = "anderson"
     train: SolveSettings = field(default_factory=SolveSettings)
     eval_cold: SolveSettings = field(default_factory=SolveSettings)
-    eval_warm: SolveSettings = field(default_factory=lambda: SolveSettings(tol=1e-1))
+    # the paper loosened the warm-start tolerance (1e-1); measured on ethanol that moves forces
+    # by 2-3 %, beyond the 1 % Markov bound, so the default keeps the cold tolerance
+    eval_warm: SolveSettings = field(default_factory=SolveSettings)
     # "ift" (implicit differentiation) or an int k >= 1 (k-step phantom gradient)
     grad: str | int = "ift"
     b_tol: float = 1e-6
