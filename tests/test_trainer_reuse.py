@@ -12,13 +12,15 @@ from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
 pytestmark = pytest.mark.slow
 
 CONFIG = str(REPO / "configs/md17/ethanol/deq1.yml")
+# evaluation at tol 1e-3 so that warm vs cold compares reuse, not two loose solutions
+TIGHT = ["--model.backbone.deq.eval_cold.tol=0.001", "--model.backbone.deq.eval_warm.tol=0.001"]
 
 
 def _predict(tmp_path, checkpoint, ethanol_lmdb, test_src, name, extra=()):
     run_cli([
         "--mode", "predict", "--config-yml", CONFIG, "--cpu", "--checkpoint", str(checkpoint),
         "--run-dir", str(tmp_path), "--identifier", name, "--timestamp-id", name,
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), f"--dataset.test.src={test_src}", *extra,
+        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), f"--dataset.test.src={test_src}", *TIGHT, *extra,
     ], cwd=tmp_path)
     results = tmp_path / "results" / name
     return np.load(results / "s2ef_predictions.npz"), json.loads((results / "s2ef_predictions_deq_stats.json").read_text())

@@ -21,7 +21,7 @@ from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbon
 from fairchem.core.models.equiformer_v2.so3 import SO3_Embedding
 from torch import nn
 
-from .deq_config import DEQConfig
+from .deq_config import PHASES, DEQConfig
 from .deq_solver import DEQSolveResult, StructureDEQSolver
 from .injection import get_injection
 from .padded_layout import PaddedLayout
@@ -122,6 +122,12 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         _scale_branch_outputs(self.blocks, self.deq_config.branch_init_scale)
         self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_config)])
         self.num_layers = 1  # the parent's block loop calls the fixed-point layer once
+
+    def set_solver_settings(self, phase: str, **changes) -> None:
+        """E.g. set_solver_settings("eval_warm", tol=1e-3): phases train/eval_cold/eval_warm."""
+        if phase not in PHASES:
+            raise ValueError(f"Unknown DEQ phase {phase!r}; choose one of {PHASES}")
+        self.deq_layer.solver.set_phase(phase, **changes)
 
     @property
     def deq_layer(self) -> DEQFixedPointLayer:

@@ -120,6 +120,14 @@ class StructureDEQSolver(nn.Module):
             }
         )
 
+    def set_phase(self, phase: str, **changes) -> None:
+        """Changes one phase's settings (max_iter, tol, stop_mode) after construction."""
+        settings = SolveSettings(**{**vars(self.config.phase(phase)), **changes})
+        setattr(self.config, phase, settings)
+        core = self.cores[f"phase_{phase}"]
+        core.f_tol, core.f_stop_mode = settings.tol, settings.stop_mode
+        core.f_max_iter = core.eval_f_max_iter = settings.max_iter
+
     def forward(self, f, z0: torch.Tensor, warm: bool, scope: SolveScope) -> DEQSolveResult:
         phase = "train" if self.training else ("eval_warm" if warm else "eval_cold")
         result = self._solve(f, z0, phase, scope)

@@ -52,11 +52,17 @@ class DEQCalculator(OCPCalculator):
     implemented_properties = ["energy", "forces"]
 
     def __init__(self, checkpoint_path: str | Path, *, cpu: bool = True, reuse: bool = True,
-                 seed: int | None = 0):
+                 tol: float | None = None, max_iter: int | None = None, seed: int | None = 0):
+        """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
+        warm): the accuracy knob of a DEQ, a tighter tol costs iterations."""
         check_deq_checkpoint(checkpoint_path)
         super().__init__(checkpoint_path=checkpoint_path, trainer=TRAINER, cpu=cpu, seed=seed)
         self.trainer.deq_eval.reuse = reuse
         self.trainer.deq_eval.compare_cold = False
+        changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
+        if changes:
+            for phase in ("eval_cold", "eval_warm"):
+                self.trainer._backbone.set_solver_settings(phase, **changes)
         self._signature = None
         self.last_solver_stats: dict[str, float] = {}
 
@@ -76,6 +82,6 @@ class DEQCalculator(OCPCalculator):
         self.results["forces"] = predictions["forces"].detach().cpu().numpy().reshape(-1, 3)
         stats = self.trainer._backbone.last_output["deq_stats"]
         self.last_solver_stats = {
-            k: (bool(v[0]) if v.dtype == torch.bool else float(v[0]))
+            k: (bool(v[0]) if v.dtype == torch.bool else v[0].item())
             for k, v in stats.items() if v.dim() == 1
         }

@@ -118,6 +118,11 @@ def run_md(
                 unphysical_step, reason = step, f"atoms {row['min_distance_A']:.2f} Å apart < {min_distance}"
             if unphysical_step is not None:
                 break
+    except BaseException:
+        if traj_writer is not None:
+            traj_writer.close()
+            traj_tmp.unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
         if traj_writer is not None:

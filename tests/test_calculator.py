@@ -1,0 +1,148 @@
+"""DEQCalculator, MD and relaxations on a briefly trained DEQuiformer (real ethanol frames)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import REPO, run_cli
+from conftest import DATA, ethanol_atoms
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def calc(trained_checkpoint):
+    from fairchem_deq import DEQCalculator
+
+    # tol 1e-3: each solution within ~0.1 % of the fixed point, so warm vs cold compares
+    # reuse, not two loose approximations (at the paper's 1e-2 both can be off by ~2 %)
+    return DEQCalculator(trained_checkpoint, tol=1e-3)
+
+
+def test_calculator_warm_starts_consecutive_frames_and_matches_cold(trained_checkpoint, calc):
+    from fairchem_deq import DEQCalculator
+
+    frames = ethanol_atoms(range(6))
+    cold_calc = DEQCalculator(trained_checkpoint, reuse=False, tol=1e-3)
+    calc.reset_fixed_point()
+    warm_iters, cold_iters = [], []
+    for atoms in frames:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = calc, cold_calc
+        fw, fc = a.get_forces(), b.get_forces()
+        assert fw.shape == (9, 3) and np.isfinite(a.get_potential_energy())
+        warm_iters.append(calc.last_solver_stats["nstep"])
+        cold_iters.append(cold_calc.last_solver_stats["nstep"])
+        assert np.linalg.norm(fw - fc) / np.linalg.norm(fc) < 0.01
+    assert warm_iters[0] == cold_iters[0]  # the first frame has nothing to start from
+    assert np.mean(warm_iters[1:]) < np.mean(cold_iters[1:])
+    assert calc.last_solver_stats["converged"]
+
+
+def test_fixed_point_is_reset_when_the_atoms_change(calc):
+    from ase import Atoms
+
+    ethanol = ethanol_atoms([0])[0]
+    ethanol.calc = calc
+    ethanol.get_forces()
+    smaller = Atoms(numbers=ethanol.numbers[:8], positions=ethanol.positions[:8])
+    smaller.calc = calc
+    forces = smaller.get_forces()  # 8 atoms now: no stale 9-atom fixed point may be used
+    assert forces.shape == (8, 3)
+    assert calc.trainer.fixed_point_cache.misses >= 1
+    swapped = ethanol.copy()
+    swapped.numbers = swapped.numbers[::-1].copy()  # same count, other species order
+    swapped.calc = calc
+    assert swapped.get_forces().shape == (9, 3)
+
+
+def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
+    from fairchem_deq.simulate import check_deq_checkpoint
+
+    eqv2 = tmp_path / "eqv2.pt"
+    torch.save({"config": {"model": {"name": "hydra", "backbone": {"model": "equiformer_v2_backbone"}}}}, eqv2)
+    with pytest.raises(ValueError, match="not a DEQuiformer checkpoint.*equiformer_v2_backbone"):
+        check_deq_checkpoint(eqv2)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        check_deq_checkpoint(garbage)
+    with pytest.raises(FileNotFoundError):
+        check_deq_checkpoint(tmp_path / "missing.pt")
+
+
+def test_nve_md_logs_energy_temperature_and_solver_iterations(calc, tmp_path):
+    from fairchem_deq import run_md
+
+    report = run_md(ethanol_atoms([0])[0], calc, ensemble="nve", steps=8, timestep_fs=0.5,
+                    trajectory=tmp_path / "md.traj", log=tmp_path / "md.csv", progress=False)
+    assert report.steps_run == 8 and report.unphysical_step is None
+    assert report.energy_drift_meV_per_atom_per_ps is not None
+    rows = list(csv.DictReader(open(tmp_path / "md.csv")))
+    assert len(rows) == 9 and all(float(r["solver_iterations"]) >= 1 for r in rows)
+    from ase.io import read
+
+    assert len(read(tmp_path / "md.traj", index=":")) == 9
+
+
+def test_md_reports_the_step_it_became_unphysical_and_nvt_runs(calc, tmp_path):
+    from fairchem_deq import run_md
+
+    report = run_md(ethanol_atoms([0])[0], calc, steps=5, max_force=1e-6, progress=False)
+    assert report.unphysical_step == 0 and "max force" in report.unphysical_reason
+    nvt = run_md(ethanol_atoms([0])[0], calc, ensemble="nvt", steps=4, temperature_K=500, progress=False)
+    assert nvt.steps_run == 4 and nvt.energy_drift_meV_per_atom_per_ps is None
+    with pytest.raises(ValueError, match="unknown ensemble"):
+        run_md(ethanol_atoms([0])[0], calc, ensemble="npt", steps=1)
+
+
+def test_interrupted_md_leaves_no_trajectory(calc, tmp_path, monkeypatch):
+    from fairchem_deq import run_md
+
+    calls = {"n": 0}
+    original = type(calc).calculate
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(calc), "calculate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_md(ethanol_atoms([0])[0], calc, steps=10, trajectory=tmp_path / "md.traj",
+               log=tmp_path / "md.csv", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relaxation_carries_the_fixed_point_across_steps(calc, tmp_path):
+    from fairchem_deq import run_relaxation
+
+    atoms = ethanol_atoms([0])[0]
+    relaxed, report = run_relaxation(atoms, calc, optimizer="fire", fmax=1e-4, steps=5,
+                                     trajectory=tmp_path / "relax.traj")
+    assert report.steps == 5 and not report.converged
+    assert len(report.solver_iterations_per_step) >= 5
+    assert min(report.solver_iterations_per_step[1:]) <= report.solver_iterations_per_step[0]
+    assert (tmp_path / "relax.traj").is_file()
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        run_relaxation(atoms, calc, optimizer="bfgs2")
+
+
+def test_md_and_relax_commands(trained_checkpoint, tmp_path):
+    proc = run_cli(["md", "--checkpoint", str(trained_checkpoint), "--structure",
+                    str(DATA / "md17_ethanol_300.npz"), "--frame", "3", "--steps", "4",
+                    "--out", str(tmp_path / "md"), "--print-every", "1", "--no-progress"],
+                   cwd=tmp_path, program="fairchem-deq")
+    assert proc.stdout.count("solver iterations") == 5
+    report = json.loads((tmp_path / "md" / "report.json").read_text())
+    assert report["steps_run"] == 4 and (tmp_path / "md" / "md_log.csv").is_file()
+    run_cli(["relax", "--checkpoint", str(trained_checkpoint), "--structure",
+             str(DATA / "md17_ethanol_300.npz"), "--steps", "3", "--out", str(tmp_path / "relax"),
+             "--no-progress"], cwd=tmp_path, program="fairchem-deq")
+    assert (tmp_path / "relax" / "relaxed.extxyz").is_file()
+    assert json.loads((tmp_path / "relax" / "report.json").read_text())["steps"] == 3
