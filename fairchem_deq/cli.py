@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "fairchem_deq.data.convert_cli",
     "md": "fairchem_deq.simulate.md_cli",
     "relax": "fairchem_deq.simulate.relax_cli",
+    "submission": "fairchem_deq.leaderboard_cli",
+    "sweep": "fairchem_deq.launch.sweep",
 }
 
 

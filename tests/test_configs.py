@@ -8,6 +8,7 @@ structure; every file is still loaded and resolved on its own.
 
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
 
@@ -24,8 +25,6 @@ TINY_BACKBONE = {}
 for _arg in TINY_OVERRIDES:
     _key, _value = _arg[2:].split("=", 1)
     if _key.startswith("model.backbone."):
-        import ast
-
         TINY_BACKBONE[_key.removeprefix("model.backbone.")] = ast.literal_eval(_value)
 
 
@@ -165,7 +164,16 @@ def _tiny_model_config(config: dict) -> dict:
     return model
 
 
-def test_every_distinct_model_builds_tiny_and_runs(loaded, registry):
+@pytest.fixture
+def one_thread():
+    # small tensors on a shared 2-core machine: OpenMP barriers with 2 threads cost 10-50x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread):
     from conftest import ethanol_atoms, to_batch
 
     batch = to_batch(ethanol_atoms([0]))

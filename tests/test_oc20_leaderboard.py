@@ -245,8 +245,8 @@ def test_official_s2ef_keys_and_converted_keys_read_with_the_same_key_mapping(tm
     reference = ours[1]
     shutil.copytree(tmp_path / "ours" / "all", tmp_path / "ours_copy")  # lmdb opens a file once
     config = load_config(REPO / "configs/oc20/s2ef/200k/deq1.yml")[0]["dataset"]["train"]
-    for src, index in ((official_like, 1), (tmp_path / "ours_copy", 1)):
-        item = LmdbDataset({**config, "src": str(src)})[index]
+    for src in (official_like, tmp_path / "ours_copy"):
+        item = LmdbDataset({**config, "src": str(src)})[1]
         assert "y" not in item and "force" not in item
         assert float(item.energy) == pytest.approx(float(reference.energy))
         assert item.forces.shape == (49, 3)

@@ -207,7 +207,11 @@ def convert(
             (tmp / name).mkdir()
             with tqdm(total=len(entries), desc=f"{name}", unit="frame", disable=not progress) as bar:
                 natoms = write_lmdb(tmp / name / LMDB_NAME, data_objects(entries, bar))
-            write_metadata(tmp / name / METADATA_NAME, natoms)
+            write_metadata(
+                tmp / name / METADATA_NAME, natoms,
+                sid=np.asarray([trajectories[t].sid for t, _ in entries], dtype=np.int64),
+                fid=np.asarray([fid for _, fid in entries], dtype=np.int64),
+            )
             counts[name] = len(natoms)
         info = {
             "inputs": [{"path": str(t.path), "sid": t.sid, "frames": len(t.frames)} for t in trajectories],

@@ -87,10 +87,12 @@ def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
             env.set_mapsize(env.info()["map_size"] * 2)
 
 
-def write_metadata(path: str | Path, natoms: np.ndarray) -> None:
-    """metadata.npz with `natoms` (int32), the format of fairchem's make_lmdb_sizes."""
+def write_metadata(path: str | Path, natoms: np.ndarray, **per_entry: np.ndarray) -> None:
+    """metadata.npz with `natoms` (int32), the format of fairchem's make_lmdb_sizes, plus
+    optional per-entry arrays (the converter adds `sid` and `fid`, so trajectory-ordered
+    evaluation needs no pass over the data)."""
     with open(path, "wb") as handle:  # np.savez would append .npz to a name without it
-        np.savez(handle, natoms=np.asarray(natoms, dtype=np.int32))
+        np.savez(handle, natoms=np.asarray(natoms, dtype=np.int32), **per_entry)
 
 
 @contextmanager

@@ -212,6 +212,12 @@ def plan_sweep(paths: Sequence[Path], *, logdir: str | Path = "logs", executor: 
     if local:
         # one rank per task, initialised by fairchem's local path (no SLURM_* variables)
         config_kwargs.update(num_gpus=1, num_nodes=1, submit=False)
+    elif config_kwargs.get("cpu"):
+        # fairchem's Slurm path (config["submit"]) always starts NCCL on CUDA devices; a CPU task
+        # takes fairchem's local path instead (gloo), which supports exactly one rank
+        if config_kwargs.get("num_gpus", 1) != 1 or config_kwargs.get("num_nodes", 1) != 1:
+            raise ValueError("CPU tasks on Slurm run one rank: use --num-gpus 1 --num-nodes 1 with --cpu")
+        config_kwargs["submit"] = False
     configs = build_run_configs(paths, logdir=logdir, **config_kwargs)
     folder = Path(logdir).absolute() / "%j"
     params = {} if local else slurm_parameters(
@@ -281,8 +287,22 @@ def submit(plan: SweepPlan, executor: str = "slurm", *, timeout_h: float = 72, p
         if wait is not False:
             for job in chunk:
                 job.result()
+                if executor == "debug":
+                    _release(job)
         jobs.extend(chunk)
     return jobs
+
+
+def _release(job) -> None:
+    """Drops a finished in-process run's trainer: its LMDB environments stay open (lmdb
+    refuses to open a file twice in one process) until the trainer is garbage-collected."""
+    import gc
+
+    runner = job.submission().function
+    for attr in ("trainer", "task"):
+        if hasattr(runner, attr):
+            setattr(runner, attr, None)
+    gc.collect()
 
 
 def _save_log(plan: SweepPlan, jobs: list) -> Path:
@@ -389,11 +409,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(prog="fairchem-deq sweep")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
     sys.exit(main())

@@ -36,7 +36,7 @@ class FixedPointCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def get(self, sid: int, atomic_numbers: torch.Tensor) -> CachedFixedPoint | None:
+    def get(self, sid, atomic_numbers: torch.Tensor) -> CachedFixedPoint | None:
         """The entry for `sid` if it describes the same atoms (count and species), else None."""
         entry = self._entries.get(sid)
         if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
@@ -46,7 +46,7 @@ class FixedPointCache:
         self.hits += 1
         return entry
 
-    def put(self, sid: int, fid: int, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor) -> None:
+    def put(self, sid, fid: int, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor) -> None:
         self._entries[sid] = CachedFixedPoint(int(fid), fixed_point.detach(), atomic_numbers.detach())
         self._entries.move_to_end(sid)
         while len(self._entries) > self.max_systems:
@@ -60,7 +60,7 @@ class FixedPointCache:
         parts, any_hit = [], False
         sids = _as_list(batch.sid)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            entry = self.get(int(sids[i]), batch.atomic_numbers[start:start + n].long())
+            entry = self.get(sids[i], batch.atomic_numbers[start:start + n].long())
             parts.append(entry.fixed_point if entry is not None else None)
             any_hit |= entry is not None
         if not any_hit:
@@ -76,7 +76,7 @@ class FixedPointCache:
         fids = _as_list(batch.fid) if "fid" in batch else None
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
             fid = fids[i] if fids is not None else -1
-            self.put(int(sids[i]), fid, fixed_point[start:start + n],
+            self.put(sids[i], fid, fixed_point[start:start + n],
                      batch.atomic_numbers[start:start + n].long())
 
 

@@ -18,10 +18,19 @@ from tqdm import tqdm
 
 
 def dataset_sids_fids(dataset) -> tuple[list, np.ndarray]:
-    """(sid, fid) of every item: from metadata.npz when it has them, else by reading items."""
+    """(sid, fid) of every item: from metadata.npz when it has them, else by reading items.
+
+    fairchem wraps datasets in a (shuffled) Subset whose `_metadata` is the underlying
+    dataset's, so metadata arrays are indexed through `dataset.indices`.
+    """
     meta = getattr(dataset, "_metadata", None) or {}
-    if "sid" in meta and "fid" in meta and len(meta["sid"]) == len(dataset):
-        return list(meta["sid"]), np.asarray(meta["fid"])
+    if "sid" in meta and "fid" in meta:
+        sids, fids = np.asarray(meta["sid"]), np.asarray(meta["fid"])
+        indices = getattr(dataset, "indices", None)
+        if indices is not None:
+            sids, fids = sids[np.asarray(indices)], fids[np.asarray(indices)]
+        if len(sids) == len(dataset):
+            return sids.tolist(), fids
     logging.info("Reading sid/fid of %d items to order them by trajectory", len(dataset))
     sids, fids = [], []
     for i in tqdm(range(len(dataset)), desc="trajectory order", disable=len(dataset) < 1000):

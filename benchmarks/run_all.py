@@ -1,0 +1,36 @@
+"""Run every MD/DEQ benchmark in order, one command:
+
+    .venv/bin/python -m benchmarks.run_all [--budget-minutes 1] [--skip-training] [--quick]
+
+1. benchmarks.train_models   DEQ1, DEQ2, EquiformerV2-4/8 at an equal training budget (sequential)
+2. benchmarks.accuracy       force/energy MAE on held-back consecutive ethanol frames
+3. benchmarks.iterations     solver iterations cold vs warm, tolerance sweep, Markov deviation
+4. benchmarks.wallclock      time per MD step, DEQ warm vs EquiformerV2 1/4/8 (interleaved)
+5. benchmarks.training_memory  training peak memory and step time (fresh subprocesses)
+Each writes benchmarks/results/<name>.json and .png. --quick shrinks the frame counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks import accuracy, iterations, train_models, training_memory, wallclock
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-minutes", type=float, default=1.0)
+    parser.add_argument("--skip-training", action="store_true", help="reuse benchmarks/work checkpoints")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    n = 15 if args.quick else 40
+    if not args.skip_training:
+        train_models.main(["--budget-minutes", str(args.budget_minutes)])
+    accuracy.main(["--frames", str(50 if args.quick else 100)])
+    iterations.main(["--frames", str(n), "--oc20-steps", str(8 if args.quick else 12)])
+    wallclock.main(["--frames", str(n)])
+    training_memory.main([])
+
+
+if __name__ == "__main__":
+    main()
