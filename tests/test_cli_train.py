@@ -53,3 +53,15 @@ def test_train_stop_resume_continues_step_counter_and_loss(ethanol_lmdb, tmp_pat
     state = torch.load(tmp_path / "checkpoints" / "deq-part2" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 * 64 // 4  # 3 epochs of 64 frames in batches of 4, across both runs
     assert state["optimizer"] and state["scheduler"] and state["ema"]
+
+
+def test_fixed_point_correction_loss_adds_decoded_intermediate_states(ethanol_lmdb, tmp_path):
+    """Same seed, same first batch: with n_states=2 and fpc_weight 0.8 the first loss grows by
+    0.8 x the loss of the decoded intermediate state, and training runs."""
+    common = ["--print-every", "1", "--optim.max_epochs=1", "--model.backbone.deq.train.max_iter=8"]
+    base = run_cli([*_train_args(tmp_path, ethanol_lmdb, "plain", epochs=1), *common], cwd=tmp_path)
+    fpc = run_cli([*_train_args(tmp_path, ethanol_lmdb, "fpc", epochs=1), *common,
+                   "--model.backbone.deq.n_states=2", "--optim.deq.fpc_weight=0.8"], cwd=tmp_path)
+    loss_plain = logged_losses(base.stdout + base.stderr)[0]
+    loss_fpc = logged_losses(fpc.stdout + fpc.stderr)[0]
+    assert loss_fpc > 1.2 * loss_plain, (loss_plain, loss_fpc)

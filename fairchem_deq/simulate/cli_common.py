@@ -14,9 +14,14 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="show fairchem's INFO logging")
 
 
 def load_calculator_and_structure(args):
+    import os
+
+    if not args.verbose:  # fairchem's setup_logging reads LOGLEVEL (it dumps the whole config at INFO)
+        os.environ["LOGLEVEL"] = "WARNING"
     from fairchem_deq.data.readers import read_frames
     from fairchem_deq.simulate.calculator import DEQCalculator
 
