@@ -25,7 +25,7 @@ SMALL=(
   --model.backbone.lmax_list=[2] --model.backbone.mmax_list=[2]
   --model.backbone.grid_resolution=8 --model.backbone.num_sphere_samples=32
   --model.backbone.edge_channels=16
-  --optim.num_workers=0 --optim.scheduler_params.warmup_epochs=0.1
+  --optim.num_workers=0 --optim.scheduler_params.warmup_epochs=0.1 --optim.ema_decay=0.95
   --dataset.train.src="$OUT/data/ethanol/train" --dataset.val.src="$OUT/data/ethanol/val"
   --dataset.test.src="$OUT/data/ethanol/test"
 )
