@@ -88,6 +88,7 @@ def write_json(name: str, payload: dict) -> Path:
     fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
     return path
 

@@ -7,6 +7,7 @@
 3. benchmarks.iterations     solver iterations cold vs warm, tolerance sweep, Markov deviation
 4. benchmarks.wallclock      time per MD step, DEQ warm vs EquiformerV2 1/4/8 (interleaved)
 5. benchmarks.training_memory  training peak memory and step time (fresh subprocesses)
+6. benchmarks.iteration_cost   one solver iteration vs one explicit block, parameter counts
 Each writes benchmarks/results/<name>.json and .png. --quick shrinks the frame counts.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import accuracy, iterations, train_models, training_memory, wallclock
+from benchmarks import accuracy, iteration_cost, iterations, train_models, training_memory, wallclock
 
 
 def main(argv=None):
@@ -23,13 +24,14 @@ def main(argv=None):
     parser.add_argument("--skip-training", action="store_true", help="reuse benchmarks/work checkpoints")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    n = 15 if args.quick else 40
+    n = 10 if args.quick else 20
     if not args.skip_training:
         train_models.main(["--budget-minutes", str(args.budget_minutes)])
     accuracy.main(["--frames", str(50 if args.quick else 100)])
-    iterations.main(["--frames", str(n), "--oc20-steps", str(8 if args.quick else 12)])
-    wallclock.main(["--frames", str(n)])
-    training_memory.main([])
+    iterations.main(["--frames", str(n), "--oc20-steps", str(5 if args.quick else 8)])
+    wallclock.main(["--frames", str(n + 10)])
+    training_memory.main(["--steps", "3", "--oc20-steps", "2"])
+    iteration_cost.main(["--repeats", "7" if args.quick else "15"])
 
 
 if __name__ == "__main__":

@@ -178,7 +178,10 @@ class Trained:
 
         self.name, self.label, self.is_deq = name, LABELS[name], name.startswith("deq")
         level = logging.getLogger().level
-        calc = (DEQCalculator if self.is_deq else OCPCalculator)(checkpoint(name), cpu=True, seed=0)
+        if self.is_deq:
+            calc = DEQCalculator(checkpoint(name), cpu=True, seed=0)
+        else:
+            calc = OCPCalculator(checkpoint_path=checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0)
         logging.getLogger().setLevel(max(level, logging.WARNING))
         trainer = calc.trainer
         if trainer.ema is not None:

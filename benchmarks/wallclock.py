@@ -8,8 +8,10 @@ from the previous frame (their cold solve is timed too, for reference). Reported
 medians. EquiformerV2-4/8 and the DEQs are the trained checkpoints (benchmarks.train_models);
 EquiformerV2-1 is untrained (same width; its cost does not depend on its weights).
 A torch.profiler table of DEQ1-warm and EquiformerV2-8 says where the time goes.
+One torch thread by default: on this shared 2-core machine, 2 OpenMP threads competing with
+other jobs spin-wait and inflated every step 10-30x (and the ratios' noise with it).
 
-    .venv/bin/python -m benchmarks.wallclock [--frames 40]
+    .venv/bin/python -m benchmarks.wallclock [--frames 40] [--threads 1]
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--profile-frames", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     frames = held_out_frames(args.frames + 2)
     models = {m.label: m for m in (Trained("deq1"), Trained("deq2"), untrained(1), Trained("eqv2_4l"), Trained("eqv2_8l"))}
     fns = step_fns(models)
@@ -98,7 +102,7 @@ def main(argv=None):
     for k, v in profiles.items():
         print(f"--- profile {k}\n{v}")
     write_json("wallclock", {
-        "command": f"python -m benchmarks.wallclock --frames {args.frames} --profile-frames {args.profile_frames}",
+        "command": f"python -m benchmarks.wallclock --frames {args.frames} --profile-frames {args.profile_frames} --threads {args.threads}",
         "machine": machine(), "frames": f"{frames[2].info['frame']}..{frames[-1].info['frame']}",
         "median_ms": {k: 1e3 * v for k, v in med.items()},
         "deq_nstep_mean": {k: statistics.mean(n for n, _ in v) for k, v in nstep.items()},

@@ -58,6 +58,13 @@ def test_fixed_point_is_reset_when_the_atoms_change(calc):
     swapped.numbers = swapped.numbers[::-1].copy()  # same count, other species order
     swapped.calc = calc
     assert swapped.get_forces().shape == (9, 3)
+    swapped.get_forces()
+    warm_hits = calc.trainer.fixed_point_cache.hits
+    periodic = swapped.copy()
+    periodic.cell, periodic.pbc = [20.0, 20.0, 20.0], True  # same atoms, now periodic
+    periodic.calc = calc
+    periodic.get_forces()
+    assert calc.trainer.fixed_point_cache.hits == warm_hits  # reset: solved from zero
 
 
 def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):

@@ -48,6 +48,7 @@ class DEQConfig:
     b_tol: float = 1e-6
     b_max_iter: int = 40
     b_solver: str = "fixed_point_iter"
+    b_stop_mode: str = "abs"
     # number of solver states returned in training (>1 for the fixed-point-correction loss)
     n_states: int = 1
     # extra keyword arguments of the TorchDEQ solver (anderson: m, lam, tau). TorchDEQ's
@@ -78,6 +79,8 @@ class DEQConfig:
                 setattr(self, phase, _build(SolveSettings, value, f"deq.{phase}"))
         if not (self.grad == "ift" or (isinstance(self.grad, int) and self.grad >= 1)):
             raise ValueError(f"DEQ grad must be 'ift' or an int >= 1 (phantom steps), got {self.grad!r}")
+        if self.b_stop_mode not in STOP_MODES:
+            raise ValueError(f"Unknown DEQ b_stop_mode {self.b_stop_mode!r}; choose one of {STOP_MODES}")
         if self.on_diverge not in ON_DIVERGE:
             raise ValueError(f"Unknown DEQ on_diverge {self.on_diverge!r}; choose one of {ON_DIVERGE}")
         if self.solver == "anderson":

@@ -6,9 +6,9 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
 - per-structure statistics (first function evaluation at which the structure met its
   tolerance, lowest absolute and relative residual), measured inside f so they are exact
   for any TorchDEQ solver and cost no host synchronisation per iteration;
-- an up-front residual check in evaluation: a warm start that already satisfies the
-  tolerance returns after ONE function evaluation (TorchDEQ's Anderson always spends at
-  least three);
+- in evaluation, the solve ends at the first function evaluation where every structure
+  meets its tolerance, for any solver: a warm start that already satisfies it costs ONE
+  evaluation (TorchDEQ's Anderson alone always spends three before its first check);
 - detection of non-finite or non-converged solves, an optional cold-start retry for a
   failed warm start, and a clear error (or warning) instead of a silent NaN prediction.
 """
@@ -39,11 +39,24 @@ class DEQSolveResult:
     stats: dict[str, torch.Tensor]  # per-structure tensors of shape [B] (+ scalar "nfe")
 
 
-class _TrackedFunction:
-    """Wraps f: marks iterations for the solve scope and records per-structure residuals."""
+class _AllConverged(Exception):
+    """Raised from inside f to end a solve as soon as every structure meets its tolerance."""
 
-    def __init__(self, f, z0: torch.Tensor, settings: SolveSettings, scope: SolveScope):
+    def __init__(self, fz: torch.Tensor):
+        super().__init__()
+        self.fz = fz
+
+
+class _TrackedFunction:
+    """Wraps f: marks iterations for the solve scope, records per-structure residuals and,
+    in evaluation, stops the solver at the first evaluation where every structure meets
+    the tolerance (TorchDEQ's Anderson would otherwise spend at least 3 evaluations and
+    check only after the third: a warm start could never beat a cold one)."""
+
+    def __init__(self, f, z0: torch.Tensor, settings: SolveSettings, scope: SolveScope,
+                 exit_early: bool = False):
         self.f, self.shape, self.settings, self.scope = f, z0.shape, settings, scope
+        self.exit_early = exit_early
         self.recording = True
         self.nfe = 0
         rows, device = z0.shape[0], z0.device
@@ -56,11 +69,13 @@ class _TrackedFunction:
         self.scope.start_iteration()
         fz = self.f(z.reshape(self.shape)).reshape(z.shape)
         if self.recording:
-            self._record(z, fz)
+            converged_now = self._record(z, fz)
+            if self.exit_early and bool(converged_now.all()):
+                raise _AllConverged(fz)
         return fz
 
     @torch.no_grad()
-    def _record(self, z, fz):
+    def _record(self, z, fz) -> torch.Tensor:
         self.nfe += 1
         diff = (fz - z).flatten(1).norm(dim=1)
         rel = diff / (fz.flatten(1).norm(dim=1) + _EPS)
@@ -71,9 +86,7 @@ class _TrackedFunction:
         self.lowest = torch.where(better, metric, self.lowest)
         self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
         self.rel_at_lowest = torch.where(better, rel, self.rel_at_lowest)
-
-    def all_converged(self) -> bool:
-        return bool((self.first_converged > 0).all())
+        return metric < self.settings.tol
 
     def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
         converged = self.first_converged > 0
@@ -107,7 +120,7 @@ class StructureDEQSolver(nn.Module):
                     f_stop_mode=s.stop_mode,
                     b_max_iter=config.b_max_iter,
                     b_tol=config.b_tol,
-                    b_stop_mode="abs",
+                    b_stop_mode=config.b_stop_mode,
                     ift=grad == "ift",
                     grad=1 if grad == "ift" else int(grad),
                     n_states=int(config.n_states),
@@ -139,18 +152,14 @@ class StructureDEQSolver(nn.Module):
 
     def _solve(self, f, z0, phase, scope) -> DEQSolveResult:
         settings = self.config.phase(phase)
-        tracked = _TrackedFunction(f, z0, settings, scope)
+        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=not self.training)
         scope.start_solve()
-        solver_kwargs = dict(self.config.solver_kwargs)
-        z_init = z0
-        if not self.training:
-            with torch.no_grad():
-                z_init = tracked(z0)
-            if tracked.all_converged() or settings.max_iter == 1:
-                tracked.recording = False
-                return DEQSolveResult(z_init, [z_init], tracked.stats(z_init))
-            solver_kwargs["f_max_iter"] = settings.max_iter - 1
-        states, _ = self.cores[f"phase_{phase}"](tracked, z_init, solver_kwargs=solver_kwargs)
+        try:
+            states, _ = self.cores[f"phase_{phase}"](
+                tracked, z0, solver_kwargs=dict(self.config.solver_kwargs)
+            )
+        except _AllConverged as done:
+            states = [done.fz]
         tracked.recording = False
         states = [s.reshape(z0.shape) for s in states]
         return DEQSolveResult(states[-1], states, tracked.stats(states[-1]))
