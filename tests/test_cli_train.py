@@ -65,3 +65,13 @@ def test_fixed_point_correction_loss_adds_decoded_intermediate_states(ethanol_lm
     loss_plain = logged_losses(base.stdout + base.stderr)[0]
     loss_fpc = logged_losses(fpc.stdout + fpc.stderr)[0]
     assert loss_fpc > 1.2 * loss_plain, (loss_plain, loss_fpc)
+
+
+def test_reuse_in_training_warm_starts_from_the_cache(ethanol_lmdb, tmp_path):
+    """optim.deq.reuse_in_training: training batches start from cached fixed points (sid-keyed:
+    for one MD17 molecule, the molecule's latest frame) and training still runs."""
+    proc = run_cli([*_train_args(tmp_path, ethanol_lmdb, "reuse-train", epochs=1), "--print-every", "1",
+                    "--optim.deq.reuse_in_training=True"], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "deq_nstep_warm:" in log  # logged only for warm-started batches
+    assert (tmp_path / "checkpoints" / "reuse-train" / "checkpoint.pt").is_file()

@@ -39,7 +39,9 @@ def write_report(out_dir, report: dict) -> None:
     import os
     from pathlib import Path
 
+    from fairchem_deq.simulate.atomic_files import partial_path
+
     path = Path(out_dir) / "report.json"
-    tmp = path.with_name(".report.json.partial")
+    tmp = partial_path(path)
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)

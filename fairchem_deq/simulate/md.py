@@ -21,6 +21,8 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
+from fairchem_deq.simulate.atomic_files import partial_path
+
 LOG_FIELDS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K",
               "solver_iterations", "rel_residual", "max_force_eVA", "min_distance_A"]
 
@@ -85,7 +87,7 @@ def run_md(
         dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
                        friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed))
 
-    traj_tmp = _tmp(trajectory)
+    traj_tmp = partial_path(trajectory) if trajectory else None
     traj_writer = Trajectory(str(traj_tmp), "w", atoms) if traj_tmp else None
     rows: list[dict] = []
     unphysical_step, reason = None, None
@@ -147,16 +149,8 @@ def run_md(
     )
 
 
-def _tmp(path) -> Path | None:
-    if not path:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.partial")
-
-
 def _write_log(rows: list[dict], path: Path) -> None:
-    tmp = _tmp(path)
+    tmp = partial_path(path)
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         writer.writeheader()

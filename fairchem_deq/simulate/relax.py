@@ -11,6 +11,8 @@ import numpy as np
 from ase import Atoms
 from ase.optimize import FIRE, LBFGS
 
+from fairchem_deq.simulate.atomic_files import partial_path
+
 OPTIMIZERS = {"lbfgs": LBFGS, "fire": FIRE}
 
 
@@ -41,11 +43,7 @@ def run_relaxation(
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}") from None
     atoms = atoms.copy()
     atoms.calc = calculator
-    tmp = None
-    if trajectory:
-        trajectory = Path(trajectory)
-        trajectory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = trajectory.with_name(f".{trajectory.name}.partial")
+    tmp = partial_path(trajectory) if trajectory else None
     opt = opt_cls(atoms, trajectory=str(tmp) if tmp else None, logfile=logfile)
     iterations: list[int] = []
 
