@@ -76,7 +76,7 @@ class DEQConfig:
         for phase in PHASES:
             value = getattr(self, phase)
             if isinstance(value, dict):
-                setattr(self, phase, _build(SolveSettings, value, f"deq.{phase}"))
+                setattr(self, phase, parse_options(SolveSettings, value, f"deq.{phase}"))
         if not (self.grad == "ift" or (isinstance(self.grad, int) and self.grad >= 1)):
             raise ValueError(f"DEQ grad must be 'ift' or an int >= 1 (phantom steps), got {self.grad!r}")
         if self.b_stop_mode not in STOP_MODES:
@@ -92,13 +92,15 @@ class DEQConfig:
     def from_dict(cls, cfg: dict | DEQConfig | None) -> DEQConfig:
         if isinstance(cfg, DEQConfig):
             return cfg
-        return _build(cls, dict(cfg or {}), "deq")
+        return parse_options(cls, cfg, "deq")
 
     def phase(self, name: str) -> SolveSettings:
         return getattr(self, name)
 
 
-def _build(cls, values: dict, where: str):
+def parse_options(cls, values: dict | None, where: str):
+    """`cls(**values)` for a config block; unknown keys are an error naming `where`."""
+    values = dict(values or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from fairchem_deq.models.deq_config import parse_options  # noqa: F401  (shared unknown-key check)
 
 
 @dataclass
@@ -30,12 +32,3 @@ class DEQEvalOptions:
 class DEQTrainOptions:
     fpc_weight: float = 0.0
     reuse_in_training: bool = False
-
-
-def parse_options(cls, values: dict | None, where: str):
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in `{where}`; known keys: {sorted(known)}")
-    return cls(**values)
