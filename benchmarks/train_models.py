@@ -7,13 +7,16 @@ Data: the 2,000-frame MD17 ethanol trajectory. Frames 0..1799 go through `fairch
 .convert` (950 train / 50 val, random, seed 0); frames 1800..1999 are HELD BACK as one
 consecutive test block (never seen in training) that all the MD benchmarks step along.
 Each model runs the shipped config (configs/md17/ethanol/<name>.yml, the paper's MD "mini"
-width, unchanged) sequentially, is stopped after `--budget-minutes` x 2 threads of CPU time
+width, unchanged) `--parallel` at a time, is stopped after `--budget-minutes` x `--threads` of CPU time
 (the machine is shared: equal CPU time is the fair equal budget; wall-clock capped), and keeps
-its last checkpoint (saved after every optimiser step:
-DEQ steps take many seconds here). Warm-up is shortened to 24 steps and
-the cosine schedule spans 2 epochs, since the budget is a fraction of one paper run.
+its last checkpoint (saved every 20 optimiser steps). Warm-up is shortened to 0.1 epoch and
+the cosine schedule spans `--epochs` (default 4), since the budget is a fraction of one paper run.
+Runs go `--parallel` at a time (default 2), each with `--threads` torch threads (default 1), so
+two models share the 2 cores and see the same load. DEQ models train with `--deq-grad`
+(default 1: the paper's 1-step phantom gradient, measured ~5x cheaper per step here than
+implicit differentiation with b_tol 1e-6; pass `ift` for the shipped setting).
 
-    .venv/bin/python -m benchmarks.train_models [--budget-minutes 1]
+    .venv/bin/python -m benchmarks.train_models [--budget-minutes 1] [--parallel 2] [--threads 1]
 
 Checkpoints: benchmarks/work/runs/checkpoints/<name>/checkpoint.pt (benchmarks/work/ is scratch).
 """
@@ -89,37 +92,73 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def train(name: str, budget_cpu_s: float, max_wall_s: float) -> dict:
-    """One fairchem CLI training run, stopped (SIGTERM) once it has used budget_cpu_s of CPU
-    time (or max_wall_s of wall-clock). The machine is shared with other jobs, so equal CPU time
-    is the fair "equal budget"; the wall-clock each run took is recorded too."""
+def train_command(name: str, epochs: float, deq_grad: str) -> list[str]:
+    """The fairchem CLI command line of one benchmark training run."""
     args = [
         str(Path(sys.executable).parent / "fairchem"), "--mode", "train",
         "--config-yml", str(REPO / f"configs/md17/ethanol/{name}.yml"), "--cpu",
         "--run-dir", str(RUNS), "--identifier", name, "--timestamp-id", name, "--print-every", "5",
         f"--dataset.train.src={LMDB / 'train'}", f"--dataset.val.src={LMDB / 'val'}",
         f"--dataset.test.src={LMDB / 'test'}",
-        "--optim.num_workers=0", "--optim.max_epochs=2", "--optim.scheduler_params.warmup_epochs=0.1",
-        "--optim.eval_every=100000000", "--optim.checkpoint_every=1",
+        "--optim.num_workers=0", f"--optim.max_epochs={epochs:g}", "--optim.scheduler_params.warmup_epochs=0.1",
+        "--optim.eval_every=100000000", "--optim.checkpoint_every=20",
     ]
+    if name.startswith("deq"):
+        args.append(f"--model.backbone.deq.grad={deq_grad}")
+    return args
+
+
+def start(name: str, args: list[str], threads: int):
+    """Launch one run in the background -> (process, log file, start time)."""
     checkpoint(name).unlink(missing_ok=True)
     log_path = RUNS / f"{name}.log"
     RUNS.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, cwd=WORK, env=env, stdout=log, stderr=subprocess.STDOUT)
-        stopped, cpu = False, 0.0
-        while proc.poll() is None:
-            time.sleep(1.0)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(args, cwd=WORK, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc, log_path, time.perf_counter()
+
+
+def _checkpoint_complete(path: Path) -> bool:
+    """False while torch.save is writing `path` (the zip's central directory comes last)."""
+    import zipfile
+
+    return not path.exists() or zipfile.is_zipfile(path)
+
+
+def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu_s: float,
+              max_wall_s: float) -> dict:
+    """Run the trainings `parallel` at a time; stop each (SIGTERM) once it has used budget_cpu_s
+    of CPU time (or max_wall_s of wall-clock). The machine is shared with other jobs, so equal
+    CPU time is the fair "equal budget"; the wall-clock each run took is recorded too."""
+    pending, running, results = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name = pending.pop(0)
+            running[name] = start(name, args_of(name), threads) + (0.0,)
+        time.sleep(1.0)
+        for name, (proc, log_path, t0, cpu) in list(running.items()):
             try:
                 cpu = _cpu_seconds(proc.pid)
             except (FileNotFoundError, ProcessLookupError):
-                break
-            if cpu >= budget_cpu_s or time.perf_counter() - t0 >= max_wall_s:
+                pass
+            running[name] = (proc, log_path, t0, cpu)
+            over = cpu >= budget_cpu_s or time.perf_counter() - t0 >= max_wall_s
+            # fairchem writes checkpoints in place: never stop a run in the middle of a save
+            stopped = proc.poll() is None and over and _checkpoint_complete(checkpoint(name))
+            if stopped:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)
-                stopped = True
+            if proc.poll() is not None:
+                del running[name]
+                results[name] = summarise(name, log_path, time.perf_counter() - t0, cpu, stopped)
+                results[name]["returncode"] = proc.returncode
+                print(name, results[name], flush=True)
+    return results
+
+
+def summarise(name: str, log_path: Path, wall_s: float, cpu: float, stopped: bool) -> dict:
     text = log_path.read_text()
     steps = [int(float(s)) for s in re.findall(r"\bstep: ([0-9.e+]+)", text)]
     losses = [float(s) for s in re.findall(r"\bloss: ([-+0-9.e]+)", text)]
@@ -129,7 +168,7 @@ def train(name: str, budget_cpu_s: float, max_wall_s: float) -> dict:
     saved_step = torch.load(saved, map_location="cpu", weights_only=False)["step"] if saved.is_file() else None
     return {
         "model": LABELS[name], "config": f"configs/md17/ethanol/{name}.yml",
-        "wall_s": time.perf_counter() - t0, "cpu_s": cpu, "stopped_by_budget": stopped,
+        "wall_s": wall_s, "cpu_s": cpu, "stopped_by_budget": stopped,
         "checkpoint_step": saved_step, "last_logged_step": max(steps, default=0),
         "first_losses": losses[:3], "last_losses": losses[-3:], "log": str(log_path.relative_to(REPO)),
     }
@@ -138,20 +177,26 @@ def train(name: str, budget_cpu_s: float, max_wall_s: float) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-minutes", type=float, default=1.0,
-                        help="per model: CPU time of budget*2 threads, wall-clock cap 4*budget")
+                        help="per model: CPU time of budget x threads, wall-clock cap 4x budget")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=4.0, help="span of the cosine schedule")
+    parser.add_argument("--deq-grad", default="1", help="'ift' or phantom steps (int)")
     args = parser.parse_args(argv)
     prepare_data()
+    budget_cpu_s = 60 * args.budget_minutes * args.threads
     previous = RESULTS_JSON.is_file() and json.loads(RESULTS_JSON.read_text())
-    runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == 120 * args.budget_minutes else {}
-    for name in args.models:
-        runs[name] = train(name, 2 * 60 * args.budget_minutes, 4 * 60 * args.budget_minutes)
-        print(name, runs[name], flush=True)
+    runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}
+    runs.update(train_all(args.models, lambda name: train_command(name, args.epochs, args.deq_grad),
+                          args.threads, args.parallel, budget_cpu_s, 4 * 60 * args.budget_minutes))
     write_json("training", {
-        "command": "python -m benchmarks.train_models --budget-minutes %g" % args.budget_minutes
+        "command": "python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s"
+        % (args.budget_minutes, args.threads, args.parallel, args.epochs, args.deq_grad)
         + ("" if args.models == list(MODELS) else " (runs merged: --models %s run separately)" % " ".join(args.models)),
-        "machine": machine(), "budget_cpu_s_per_model": 2 * 60 * args.budget_minutes,
-        "budget_note": "CPU time (user+sys, 2 threads) of the fairchem process incl. start-up; wall cap 4x",
+        "machine": machine(), "budget_cpu_s_per_model": budget_cpu_s,
+        "deq_grad": args.deq_grad, "epochs": args.epochs,
+        "budget_note": f"CPU time (user+sys, {args.threads} thread(s)) of the fairchem process incl. start-up; wall cap 4x",
         "data": {"npz": str(ethanol_npz()), "trainval_frames": f"0..{N_TRAINVAL_FRAMES - 1}",
                  "split": "950 train / 50 val (random, seed 0)",
                  "held_out": f"{N_TRAINVAL_FRAMES}..1999 consecutive"},
