@@ -42,7 +42,11 @@ WORK = Path(__file__).parent / "work"
 LMDB = WORK / "md17_ethanol"
 RUNS = WORK / "runs"
 MODELS = ("deq1", "deq2", "eqv2_4l", "eqv2_8l")
-LABELS = {"deq1": "DEQ1", "deq2": "DEQ2", "eqv2_4l": "EquiformerV2-4", "eqv2_8l": "EquiformerV2-8"}
+LABELS = {"deq1": "DEQ1", "deq2": "DEQ2", "eqv2_4l": "EquiformerV2-4", "eqv2_8l": "EquiformerV2-8",
+          "deq1_dens": "DEQ1 + DeNS", "deq1_nodens": "DEQ1 (no DeNS)"}
+# run name -> configs/md17/ethanol/<config>.yml where they differ (benchmarks.dens_accuracy's
+# control is DEQ1 under its own run name, so it never touches the deq1 checkpoint)
+CONFIG_OF = {"deq1_nodens": "deq1"}
 N_TRAINVAL_FRAMES = 1800  # frames >= this are the held-back consecutive test block
 KCAL_PER_EV = 23.060548
 RESULTS_JSON = RESULTS / "training.json"
@@ -92,11 +96,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def config_path(name: str) -> str:
+    return f"configs/md17/ethanol/{CONFIG_OF.get(name, name)}.yml"
+
+
 def train_command(name: str, epochs: float, deq_grad: str) -> list[str]:
     """The fairchem CLI command line of one benchmark training run."""
     args = [
         str(Path(sys.executable).parent / "fairchem"), "--mode", "train",
-        "--config-yml", str(REPO / f"configs/md17/ethanol/{name}.yml"), "--cpu",
+        "--config-yml", str(REPO / config_path(name)), "--cpu",
         "--run-dir", str(RUNS), "--identifier", name, "--timestamp-id", name, "--print-every", "5",
         f"--dataset.train.src={LMDB / 'train'}", f"--dataset.val.src={LMDB / 'val'}",
         f"--dataset.test.src={LMDB / 'test'}",
@@ -167,7 +175,7 @@ def summarise(name: str, log_path: Path, wall_s: float, cpu: float, stopped: boo
     saved = checkpoint(name)
     saved_step = torch.load(saved, map_location="cpu", weights_only=False)["step"] if saved.is_file() else None
     return {
-        "model": LABELS[name], "config": f"configs/md17/ethanol/{name}.yml",
+        "model": LABELS[name], "config": config_path(name),
         "wall_s": wall_s, "cpu_s": cpu, "stopped_by_budget": stopped,
         "checkpoint_step": saved_step, "last_logged_step": max(steps, default=0),
         "first_losses": losses[:3], "last_losses": losses[-3:], "log": str(log_path.relative_to(REPO)),

@@ -56,8 +56,8 @@ def loaded():
 
 def test_config_inventory():
     # MD17 (8 molecules) and MD22 (7) x 4 variants, and the OC20 set
-    assert len([p for p in RUNNABLE if p.parts[-3] == "md17"]) == 32
-    assert len([p for p in RUNNABLE if p.parts[-3] == "md22"]) == 28
+    assert len([p for p in RUNNABLE if p.parts[-3] == "md17" and "dens" not in p.name]) == 32
+    assert len([p for p in RUNNABLE if p.parts[-3] == "md22" and "dens" not in p.name]) == 28
     names = {str(p.relative_to(CONFIGS / "oc20").with_suffix("")) for p in OC20}
     for size in ("200k", "2M", "all_md"):
         for variant in ("deq1", "deq2", "eqv2_8l"):
@@ -97,14 +97,18 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
         assert config["outputs"]["forces"]["property"] == "forces", where
         assert config["evaluation_metrics"]["primary_metric"] == "forces_mae", where
         # DEQ blocks and trainer options parse (a typo is an error there, not silently ignored)
-        if backbone.__name__ == "DEQEquiformerV2Backbone":
+        if backbone.__name__ in ("DEQEquiformerV2Backbone", "DEQEquiformerV2DeNSBackbone"):
             from fairchem_deq.models import DEQConfig
             from fairchem_deq.trainers.deq_config import DEQEvalOptions, DEQTrainOptions, parse_options
+            from fairchem_deq.trainers.dens_options import check_dens_options
 
-            assert "DEQForcesTrainer" in config["trainer"], where
+            dens = backbone.__name__ == "DEQEquiformerV2DeNSBackbone"  # DeNS: its trainer and keys
+            assert config["trainer"].endswith("DEQDeNSTrainer" if dens else "DEQForcesTrainer"), where
             DEQConfig.from_dict(model["backbone"]["deq"])
             parse_options(DEQEvalOptions, config["task"].get("deq"), "task.deq")
             parse_options(DEQTrainOptions, config["optim"].get("deq"), "optim.deq")
+            if dens:
+                check_dens_options(copy.deepcopy(config["optim"]))
         else:
             assert config["trainer"] == "equiformerv2_forces", where
             assert model["backbone"]["model"] == "equiformer_v2_backbone", where
@@ -143,7 +147,7 @@ def test_oc20_settings_follow_the_paper_and_fairchem(loaded):
             expected = (4, 1) if path.stem == "eqv2_n20_l6_m3" else (8, 3)
             assert (optim["batch_size"], optim["max_epochs"]) == expected, where
         if path.stem.startswith("deq"):
-            assert (bb["lmax_list"], bb["mmax_list"], bb["num_layers"]) == ([3], [2], int(path.stem[-1])), where
+            assert (bb["lmax_list"], bb["mmax_list"], bb["num_layers"]) == ([3], [2], int(path.stem[3])), where
             deq = DEQConfig.from_dict(bb["deq"])
             assert deq.solver == "anderson", where
             for phase in ("train", "eval_cold", "eval_warm"):

@@ -2,12 +2,14 @@
 
 from .deq_config import DEQConfig, SolveSettings
 from .deq_equiformer_v2 import DEQEquiformerV2Backbone, DEQFixedPointLayer
+from .deq_equiformer_v2_dens import DEQEquiformerV2DeNSBackbone
 from .deq_solver import DEQDivergenceError, StructureDEQSolver
 
 __all__ = [
     "DEQConfig",
     "DEQDivergenceError",
     "DEQEquiformerV2Backbone",
+    "DEQEquiformerV2DeNSBackbone",
     "DEQFixedPointLayer",
     "SolveSettings",
     "StructureDEQSolver",
