@@ -55,9 +55,10 @@ def loaded():
 
 
 def test_config_inventory():
-    # MD17 (8 molecules) and MD22 (7) x 4 variants, and the OC20 set
-    assert len([p for p in RUNNABLE if p.parts[-3] == "md17" and "dens" not in p.name]) == 32
-    assert len([p for p in RUNNABLE if p.parts[-3] == "md22" and "dens" not in p.name]) == 28
+    # MD17 (8 molecules) and MD22 (7) x 5 variants (deq1, deq2, eqv2_4l, eqv2_8l,
+    # deq1_conservative), and the OC20 set
+    assert len([p for p in RUNNABLE if p.parts[-3] == "md17" and "dens" not in p.name]) == 40
+    assert len([p for p in RUNNABLE if p.parts[-3] == "md22" and "dens" not in p.name]) == 35
     names = {str(p.relative_to(CONFIGS / "oc20").with_suffix("")) for p in OC20}
     for size in ("200k", "2M", "all_md"):
         for variant in ("deq1", "deq2", "eqv2_8l"):
@@ -81,7 +82,11 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
         assert registry.get_model_class(model["name"]) is not None
         backbone = registry.get_model_class(model["backbone"]["model"])
         assert backbone is not None, where
-        assert set(model["heads"]) == {"energy", "forces"}, where
+        if model.get("pass_through_head_outputs"):  # one head returns energy and forces
+            assert set(model["heads"]) == {"energy_and_forces"}, where
+            assert model["backbone"]["direct_forces"] is False, where
+        else:
+            assert set(model["heads"]) == {"energy", "forces"}, where
         for head in model["heads"].values():
             assert registry.get_model_class(head["module"]) is not None, where
         assert registry.get_logger_class(config["logger"]) is not None, where
@@ -196,9 +201,13 @@ def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread)
         model.eval()
         with torch.no_grad():
             out = model(batch.clone())
-        assert out["energy"]["energy"].shape == (1,), (key, _rel(path))
-        assert out["forces"]["forces"].shape == (9, 3), (key, _rel(path))
-        assert torch.isfinite(out["forces"]["forces"]).all(), (key, _rel(path))
+        if loaded[path]["model"].get("pass_through_head_outputs"):  # energy-gradient head
+            energy, forces = out["energy"], out["forces"]
+        else:
+            energy, forces = out["energy"]["energy"], out["forces"]["forces"]
+        assert energy.shape == (1,), (key, _rel(path))
+        assert forces.shape == (9, 3), (key, _rel(path))
+        assert torch.isfinite(forces).all(), (key, _rel(path))
         backbone = model.backbone
         if "DEQ" in key[0]:
             assert len(backbone.deq_layer.blocks) == key[1]

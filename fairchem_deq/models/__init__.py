@@ -4,6 +4,7 @@ from .deq_config import DEQConfig, SolveSettings
 from .deq_equiformer_v2 import DEQEquiformerV2Backbone, DEQFixedPointLayer
 from .deq_equiformer_v2_dens import DEQEquiformerV2DeNSBackbone
 from .deq_solver import DEQDivergenceError, StructureDEQSolver
+from .gradient_forces_head import EnergyGradientForcesHead
 
 __all__ = [
     "DEQConfig",
@@ -11,6 +12,7 @@ __all__ = [
     "DEQEquiformerV2Backbone",
     "DEQEquiformerV2DeNSBackbone",
     "DEQFixedPointLayer",
+    "EnergyGradientForcesHead",
     "SolveSettings",
     "StructureDEQSolver",
 ]

@@ -81,7 +81,9 @@ class DEQFixedPointLayer(nn.Module):
             warm = bool((z0.flatten(1) != 0).any(dim=1).all())
         else:
             z0 = x_inj.new_zeros((layout.num_structures, layout.n_max, *x_inj.shape[1:]))
-        result = self.solver(f, z0, warm, self.scope)
+        # energy-gradient forces: z* must carry the positions' graph (edge distances)
+        track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
+        result = self.solver(f, z0, warm, self.scope, track_inputs=track)
         self.last_layout, self.last_result = layout, result
         out = SO3_Embedding(0, x.lmax_list.copy(), x.num_channels, x_inj.device, x_inj.dtype)
         out.set_embedding(layout.unpad(result.fixed_point))
@@ -110,7 +112,8 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         super().__init__(*args, num_layers=num_layers, **kwargs)
         # fairchem's EquiformerV2Backbone forces autograd on in forward (its
         # conditional_grad sees no `direct_forces`); with forces from a head that only costs
-        # time at inference, so it is off unless forces are taken as energy gradients.
+        # time at inference, so it is off unless forces are taken as energy gradients
+        # (direct_forces: False, with fairchem_deq's deq_energy_gradient_forces_head).
         self.direct_forces = direct_forces
         if self.num_resolutions != 1:
             raise ValueError("DEQEquiformerV2Backbone supports a single resolution (one lmax)")
@@ -118,6 +121,13 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             raise ValueError("activation_checkpoint is meaningless for a DEQ backbone: "
                              "implicit gradients store no solver activations")
         self.deq_config = DEQConfig.from_dict(deq)
+        if not direct_forces and self.deq_config.grad == "ift":
+            raise ValueError(
+                "energy-gradient forces (direct_forces: False) train through a k-step phantom "
+                "gradient of the fixed point (a force loss needs second derivatives, which "
+                "TorchDEQ's implicit backward does not provide): set deq.grad to an int, e.g. 6. "
+                "Evaluation still differentiates z* implicitly (exact to deq.b_tol)."
+            )
         self.num_deq_blocks = num_layers
         _scale_branch_outputs(self.blocks, self.deq_config.branch_init_scale)
         self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_config)])
@@ -137,6 +147,8 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         if gp_utils.initialized():
             raise NotImplementedError("graph parallelism is not supported by the DEQ backbone")
         warm_start = getattr(data, "fixed_point", None)
+        if self.regress_forces and not self.direct_forces and not data.pos.requires_grad:
+            data.pos.requires_grad_(True)  # forces = -dE/dpos: the graph must start here
         self.deq_layer.prepare(data.natoms, warm_start)
         out = super().forward(data)
         layer = self.deq_layer

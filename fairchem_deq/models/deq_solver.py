@@ -10,7 +10,10 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
   meets its tolerance, for any solver: a warm start that already satisfies it costs ONE
   evaluation (TorchDEQ's Anderson alone always spends three before its first check);
 - detection of non-finite or non-converged solves, an optional cold-start retry for a
-  failed warm start, and a clear error (or warning) instead of a silent NaN prediction.
+  failed warm start, and a clear error (or warning) instead of a silent NaN prediction;
+- in evaluation, on request (`track_inputs`: energy-gradient forces), the fixed point is
+  returned with an implicit-differentiation graph to f's inputs (positions), so that
+  -dE/dpos runs through z* (TorchDEQ's IFT backward, to b_tol).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchdeq import get_deq
+from torchdeq.grad import backward_factory
+from torchdeq.solver import get_solver
 
 from .deq_config import DEQConfig, SolveSettings
 from .solve_scope import SolveScope
@@ -141,14 +146,41 @@ class StructureDEQSolver(nn.Module):
         core.f_tol, core.f_stop_mode = settings.tol, settings.stop_mode
         core.f_max_iter = core.eval_f_max_iter = settings.max_iter
 
-    def forward(self, f, z0: torch.Tensor, warm: bool, scope: SolveScope) -> DEQSolveResult:
+    def forward(self, f, z0: torch.Tensor, warm: bool, scope: SolveScope,
+                track_inputs: bool = False) -> DEQSolveResult:
+        """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
+        the inputs of f, for derivatives such as forces = -dE/dpos."""
         phase = "train" if self.training else ("eval_warm" if warm else "eval_cold")
         result = self._solve(f, z0, phase, scope)
         ok = result.stats["converged"]
         if warm and not self.training and self.config.fallback_cold_start and not bool(ok.all()):
             result = self._retry_cold(f, result, scope)
         self._check(result, phase)
+        if track_inputs and not self.training:
+            result = self._attach_implicit_gradient(f, result, scope)
         return result
+
+    def _attach_implicit_gradient(self, f, result: DEQSolveResult, scope) -> DEQSolveResult:
+        """z_out = f(z*) (one more evaluation, with graph) whose backward solves the adjoint
+        fixed point g = J^T g + dL/dz_out to b_tol (TorchDEQ's IFT): the exact derivative of
+        z* with respect to f's inputs. Backward statistics land in `last_backward_stats`."""
+        implicit = backward_factory(
+            grad_type="ift", b_solver=get_solver(self.config.b_solver),
+            b_solver_kwargs=dict(max_iter=self.config.b_max_iter, tol=self.config.b_tol,
+                                 stop_mode=self.config.b_stop_mode),
+        )
+        self.last_backward_stats = {}
+
+        def untracked(z):
+            scope.start_iteration()
+            return f(z)
+
+        def record(info):
+            self.last_backward_stats = {k: v.detach() for k, v in info.items() if torch.is_tensor(v)}
+
+        with torch.enable_grad():
+            (z_out,) = implicit(None, untracked, result.fixed_point.detach(), writer=record)
+        return DEQSolveResult(z_out, [z_out], result.stats)
 
     def _solve(self, f, z0, phase, scope) -> DEQSolveResult:
         settings = self.config.phase(phase)
