@@ -6,8 +6,9 @@
 
 Built on fairchem's OCPCalculator (checkpoint loading, normalisers, device), with
 fairchem_deq's trainer doing the prediction: each call starts the solver from the previous
-call's fixed point. The stored fixed point is dropped when the atom count, the species or
-the periodicity change.
+call's fixed point (`warm_start="last"`) or from an extrapolation of the last few
+(`"linear"`, `"quadratic"`, `"aspc"`: see `fairchem_deq.warm_start`). The stored fixed points
+are dropped when the atom count, the species or the periodicity change.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
 from fairchem_deq.atoms_batch import atoms_to_batch
 from fairchem_deq.models import DEQEquiformerV2Backbone
+from fairchem_deq.warm_start import get_predictor
 
 TRAINER = "fairchem_deq.trainers.DEQForcesTrainer"
 
@@ -52,18 +54,25 @@ class DEQCalculator(OCPCalculator):
     implemented_properties = ["energy", "forces"]
 
     def __init__(self, checkpoint_path: str | Path, *, cpu: bool = True, reuse: bool = True,
-                 tol: float | None = None, max_iter: int | None = None, seed: int | None = 0):
+                 tol: float | None = None, max_iter: int | None = None, seed: int | None = 0,
+                 warm_start: str = "last"):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
-        warm): the accuracy knob of a DEQ, a tighter tol costs iterations."""
+        warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
+        the predictor of the next fixed point from the previous calls' (each call is taken as
+        the next frame of one trajectory)."""
+        get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_deq_checkpoint(checkpoint_path)
         super().__init__(checkpoint_path=checkpoint_path, trainer=TRAINER, cpu=cpu, seed=seed)
         self.trainer.deq_eval.reuse = reuse
         self.trainer.deq_eval.compare_cold = False
+        self.trainer.fixed_point_cache.use_predictor(warm_start)
+        self.trainer.deq_eval.warm_start = warm_start
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
         if changes:
             for phase in ("eval_cold", "eval_warm"):
                 self.trainer._backbone.set_solver_settings(phase, **changes)
         self._signature = None
+        self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float] = {}
 
     def reset_fixed_point(self) -> None:
@@ -76,7 +85,8 @@ class DEQCalculator(OCPCalculator):
         if signature != self._signature:
             self.reset_fixed_point()
             self._signature = signature
-        batch = atoms_to_batch([self.atoms])
+        batch = atoms_to_batch([self.atoms], fids=[self._calls])
+        self._calls += 1
         predictions = self.trainer.predict(batch, per_image=False, disable_tqdm=True)
         self.results["energy"] = float(predictions["energy"].reshape(-1)[0])
         self.results["forces"] = predictions["forces"].detach().cpu().numpy().reshape(-1, 3)

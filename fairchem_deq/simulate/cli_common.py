@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fairchem_deq.warm_start import PREDICTORS
+
 
 def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)")
@@ -11,6 +13,9 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starting structure: sGDML .npz (MD17/MD22), extxyz or ASE .traj")
     parser.add_argument("--frame", type=int, default=0, help="frame of --structure to start from (default 0)")
     parser.add_argument("--no-reuse", action="store_true", help="solve every step from zero (no warm start)")
+    parser.add_argument("--warm-start", choices=list(PREDICTORS), default="last",
+                        help="next fixed point: copy of the last step's (last) or extrapolated "
+                             "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last")
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")
     parser.add_argument("--no-progress", action="store_true")
@@ -30,7 +35,7 @@ def load_calculator_and_structure(args):
         raise SystemExit(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
     atoms = frames[args.frame].copy()
     atoms.calc = None
-    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse)
+    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start)
     return calc, atoms
 
 

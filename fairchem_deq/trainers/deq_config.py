@@ -7,6 +7,8 @@
         trajectory_order: true # evaluate frames ordered by (sid, fid), systems in lockstep
         compare_cold: true     # also solve each warm-started frame from zero: iterations
                                # without reuse and the warm/cold force deviation (Markov check)
+        warm_start: last       # last | linear | quadratic | aspc: copy the latest fixed point
+                               # or extrapolate the last few (fairchem_deq.warm_start)
     optim:
       deq:
         fpc_weight: 0.0        # fixed-point-correction loss weight (paper: 0.8, n_states > 1)
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fairchem_deq.models.deq_config import parse_options  # noqa: F401  (shared unknown-key check)
+from fairchem_deq.warm_start import get_predictor
 
 
 @dataclass
@@ -26,6 +29,10 @@ class DEQEvalOptions:
     cache_size: int = 10000
     trajectory_order: bool = True
     compare_cold: bool = True
+    warm_start: str = "last"
+
+    def __post_init__(self):
+        get_predictor(self.warm_start, "task.deq.warm_start")  # fail at start-up, naming the key
 
 
 @dataclass

@@ -35,7 +35,7 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
         self.deq_eval = parse_options(DEQEvalOptions, self.config["task"].get("deq"), "task.deq")
         self.deq_train = parse_options(DEQTrainOptions, self.config["optim"].get("deq"), "optim.deq")
-        self.fixed_point_cache = FixedPointCache(self.deq_eval.cache_size)
+        self.fixed_point_cache = FixedPointCache(self.deq_eval.cache_size, self.deq_eval.warm_start)
         self.solver_stats = SolverStatsAccumulator()
         self._in_relaxation = False
         self._last_deq_metrics: dict = {}
