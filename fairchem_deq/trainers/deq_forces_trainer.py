@@ -52,6 +52,38 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
             )
         return backbone
 
+    # ---- normalisation and checkpoints -------------------------------------------
+    def load_references_and_normalizers(self):
+        super().load_references_and_normalizers()
+        if _has_energy_gradient_forces(self.config["model"]) and "energy" in self.normalizers:
+            self._tie_force_normalizer()
+
+    def _tie_force_normalizer(self) -> None:
+        """Forces = -dE/dpos: in fairchem's normalised units that holds only if forces are
+        scaled by the energy's rmsd (and have no offset). Fitted separately (the MD configs'
+        `forces: {mean: 0.0}`), ethanol's force rmsd is ~9x its energy rmsd, and the model
+        would be asked for an energy whose gradient is not its forces."""
+        from fairchem.core.modules.normalization.normalizer import Normalizer
+
+        energy, forces = self.normalizers["energy"], self.normalizers.get("forces")
+        if forces is not None and float(forces.mean) == 0.0 and torch.isclose(forces.rmsd, energy.rmsd):
+            return
+        logging.info("energy-gradient forces: forces normalised by the energy's rmsd %.6g (was %s)",
+                     float(energy.rmsd), None if forces is None else f"mean {float(forces.mean):.6g}, "
+                     f"rmsd {float(forces.rmsd):.6g}")
+        self.normalizers["forces"] = Normalizer(mean=0.0, rmsd=energy.rmsd.detach().clone()).to(self.device)
+
+    def save(self, metrics=None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
+        """fairchem's save, written to a temporary name and renamed: a run killed while saving
+        (preemption, a time limit) keeps its previous complete checkpoint."""
+        partial = f".{checkpoint_file}.partial"
+        path = super().save(metrics, checkpoint_file=partial, training_state=training_state)
+        if path is None:
+            return None
+        final = os.path.join(os.path.dirname(path), checkpoint_file)
+        os.replace(path, final)
+        return final
+
     def _reuse_now(self) -> bool:
         if self.model.training:
             return self.deq_train.reuse_in_training
@@ -183,6 +215,14 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
                 tmp.write_text(json.dumps(summary, indent=2))
                 os.replace(tmp, path)
         return summary
+
+
+def _has_energy_gradient_forces(model_config: dict) -> bool:
+    from fairchem_deq.models.gradient_forces_head import EnergyGradientForcesHead
+
+    heads = model_config.get("heads") or {}
+    classes = [registry.get_model_class(h["module"]) for h in heads.values() if isinstance(h, dict) and "module" in h]
+    return any(isinstance(c, type) and issubclass(c, EnergyGradientForcesHead) for c in classes)
 
 
 def _all_reduce_max(value: float, device) -> float:
