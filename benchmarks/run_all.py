@@ -8,6 +8,10 @@
 4. benchmarks.wallclock      time per MD step, DEQ warm vs EquiformerV2 1/4/8 (interleaved)
 5. benchmarks.training_memory  training peak memory and step time (fresh subprocesses)
 6. benchmarks.iteration_cost   one solver iteration vs one explicit block, parameter counts
+7. benchmarks.extrapolation    extrapolated warm starts vs plain reuse (issue 7)
+8. benchmarks.train_models --models deq1_conservative, then benchmarks.energy_conservation:
+                               NVE drift and cost, direct vs energy-gradient forces (issue 7)
+9. benchmarks.dens_accuracy    DEQ1 with vs without DeNS at an equal budget (issue 7)
 Each writes benchmarks/results/<name>.json and .png. --quick shrinks the frame counts.
 """
 
@@ -15,7 +19,17 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import accuracy, iteration_cost, iterations, train_models, training_memory, wallclock
+from benchmarks import (
+    accuracy,
+    dens_accuracy,
+    energy_conservation,
+    extrapolation,
+    iteration_cost,
+    iterations,
+    train_models,
+    training_memory,
+    wallclock,
+)
 
 
 def main(argv=None):
@@ -32,6 +46,12 @@ def main(argv=None):
     wallclock.main(["--frames", str(n + 10)])
     training_memory.main(["--steps", "3", "--oc20-steps", "2"])
     iteration_cost.main(["--repeats", "7" if args.quick else "15"])
+    extrapolation.main(["--frames", str(n + 20), "--models", "deq1", "deq2", "--tols", "1e-2", "1e-3"])
+    if not args.skip_training:
+        train_models.main(["--budget-minutes", str(args.budget_minutes), "--models", "deq1_conservative"])
+    energy_conservation.main(["--steps", "200" if args.quick else "400"])
+    if not args.skip_training:
+        dens_accuracy.main(["--budget-minutes", str(args.budget_minutes), "--frames", str(50 if args.quick else 100)])
 
 
 if __name__ == "__main__":
