@@ -38,7 +38,13 @@ import yaml
 from benchmarks.common import MD_MINI, SHARED_DATA, build_model, machine, save_figure, write_json
 
 REPO = Path(__file__).parents[1]
-VARIANTS = {"DEQ1": ("deq1", 1), "DEQ2": ("deq2", 2), "EquiformerV2-4": ("eqv2_4l", 4), "EquiformerV2-8": ("eqv2_8l", 8)}
+# label -> (config include, layers, deq overrides); "phantom-1" is the recipe that
+# benchmarks.train_models trains the DEQs with (1-step phantom gradient instead of IFT)
+VARIANTS = {
+    "DEQ1": ("deq1", 1, {}), "DEQ2": ("deq2", 2, {}),
+    "DEQ1 phantom-1": ("deq1", 1, {"grad": 1}), "DEQ2 phantom-1": ("deq2", 2, {"grad": 1}),
+    "EquiformerV2-4": ("eqv2_4l", 4, None), "EquiformerV2-8": ("eqv2_8l", 8, None),
+}
 
 
 def rss_mb() -> float:
@@ -64,10 +70,11 @@ def batch_of(system: str):
 
 def child(variant: str, system: str, steps: int) -> dict:
     torch.set_num_threads(1)
-    name, layers = VARIANTS[variant]
+    name, layers, overrides = VARIANTS[variant]
     deq = None
-    if name.startswith("deq"):
+    if overrides is not None:
         deq = yaml.safe_load((REPO / f"configs/includes/md/{name}.yml").read_text())["model"]["backbone"]["deq"]
+        deq.update(overrides)
     model = build_model(MD_MINI, layers, deq)
     weights = "random init"
     model.train()
@@ -114,10 +121,10 @@ def main(argv=None):
             results.setdefault(system, {})[variant] = r = json.loads(line[7:])
             print(system, variant, r, flush=True)
     ratios = {s: {f"{v} / EquiformerV2-{n}": r[v][key] / r[f"EquiformerV2-{n}"][key]
-                  for v in ("DEQ1", "DEQ2") for n in (4, 8) for key in ("step_mb",)}
+                  for v in VARIANTS if v.startswith("DEQ") for n in (4, 8) for key in ("step_mb",)}
               for s, r in results.items()}
     time_ratios = {s: {f"{v} / EquiformerV2-{n}": r[v]["step_s_median"] / r[f"EquiformerV2-{n}"]["step_s_median"]
-                       for v in ("DEQ1", "DEQ2") for n in (4, 8)} for s, r in results.items()}
+                       for v in VARIANTS if v.startswith("DEQ") for n in (4, 8)} for s, r in results.items()}
     print("memory ratios", ratios, "\nstep-time ratios", time_ratios)
     write_json("training_memory", {
         "command": f"python -m benchmarks.training_memory --steps {args.steps} --oc20-steps {args.oc20_steps}",
