@@ -47,7 +47,7 @@ def nve_runs(args) -> dict:
         calc = DEQCalculator(checkpoint(name), cpu=True, seed=0, tol=tol, max_iter=200 if tol else None)
         t0 = time.perf_counter()
         report = run_md(start, calc, ensemble="nve", timestep_fs=args.timestep, steps=args.steps,
-                        temperature_K=args.temperature, seed=0, progress=False)
+                        temperature_K=args.temperature, seed=0, progress=False, max_force=args.max_force)
         etot = np.array([r["etot_eV"] for r in report.rows])
         runs[label] = {
             **report.to_dict(), "checkpoint": str(checkpoint(name)), "eval_tol": tol or "checkpoint's",
@@ -91,6 +91,8 @@ def main(argv=None):
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--tight-tol", type=float, default=1e-4)
+    parser.add_argument("--max-force", type=float, default=10.0,
+                        help="eV/Å; beyond it the run counts as unphysical (ethanol at 300 K: ~2-4)")
     parser.add_argument("--cost-frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -105,8 +107,9 @@ def main(argv=None):
     print("window", window, "drift ratios", ratios, flush=True)
     write_json("energy_conservation", {
         "command": "python -m benchmarks.energy_conservation --steps %d --timestep %g --temperature %g "
-                   "--tight-tol %g --cost-frames %d --threads %d"
-                   % (args.steps, args.timestep, args.temperature, args.tight_tol, args.cost_frames, args.threads),
+                   "--tight-tol %g --max-force %g --cost-frames %d --threads %d"
+                   % (args.steps, args.timestep, args.temperature, args.tight_tol, args.max_force,
+                      args.cost_frames, args.threads),
         "machine": machine(), "method": __doc__.split("Method: ")[1].split("    .venv")[0].strip(),
         "nve": runs, "common_window_steps": window, "drift_ratio_vs_direct": ratios, "step_cost": costs,
         "target": "|drift| of energy-gradient forces <= 0.1 x direct forces",
