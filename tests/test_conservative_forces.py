@@ -85,7 +85,7 @@ def test_force_loss_trains_through_the_gradient():
         block_grads = [p.grad for n, p in model.named_parameters() if "deq_layer" in n or "blocks.0.blocks" in n]
         assert any(g is not None and g.abs().sum() > 0 for g in block_grads)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.9 * losses[0], losses
 
 
