@@ -34,6 +34,8 @@ from benchmarks.train_models import (
     N_TRAINVAL_FRAMES,
     RUNS,
     Trained,
+    add_budget_arguments,
+    budget_of,
     config_path,
     ethanol_npz,
     held_out_frames,
@@ -71,17 +73,14 @@ def evaluation_passes(name: str) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-minutes", type=float, default=20.0, help="CPU minutes per run (x threads)")
-    parser.add_argument("--epochs", type=float, default=6.0, help="span of the cosine schedule")
-    parser.add_argument("--deq-grad", default="1", help="'ift' or phantom steps (int)")
-    parser.add_argument("--threads", type=int, default=1)
+    add_budget_arguments(parser, budget_minutes=20.0, epochs=6.0)
     parser.add_argument("--frames", type=int, default=100, help="held-back test frames")
     parser.add_argument("--scratch", action="store_true", help="do not write benchmarks/results/")
     args = parser.parse_args(argv)
     prepare_data()
-    budget_cpu_s = 60 * args.budget_minutes * args.threads
+    budget_cpu_s, max_wall_s = budget_of(args)
     runs = train_all(list(RUNS_COMPARED), lambda name: dens_command(name, args.epochs, args.deq_grad),
-                     args.threads, len(RUNS_COMPARED), budget_cpu_s, 4 * 60 * args.budget_minutes)
+                     args.threads, len(RUNS_COMPARED), budget_cpu_s, max_wall_s)
     failed = [name for name, run in runs.items() if run["checkpoint_step"] is None]
     if failed:
         raise SystemExit(f"no checkpoint from {failed}: see {[runs[n]['log'] for n in failed]}")

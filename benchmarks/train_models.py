@@ -186,20 +186,30 @@ def summarise(name: str, log_path: Path, wall_s: float, cpu: float, stopped: boo
     }
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser, budget_minutes: float, epochs: float) -> None:
+    """The training-budget options every equal-budget benchmark shares (see `budget_of`)."""
+    parser.add_argument("--budget-minutes", type=float, default=budget_minutes,
+                        help="per run: CPU time of budget x threads, wall-clock cap 4x budget")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=float, default=epochs, help="span of the cosine schedule")
+    parser.add_argument("--deq-grad", default="1", help="'ift' or phantom steps (int)")
+
+
+def budget_of(args) -> tuple[float, float]:
+    """-> (CPU seconds per run, wall-clock cap in seconds) from `add_budget_arguments`' options."""
+    return 60 * args.budget_minutes * args.threads, 4 * 60 * args.budget_minutes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-minutes", type=float, default=1.0,
-                        help="per model: CPU time of budget x threads, wall-clock cap 4x budget")
+    add_budget_arguments(parser, budget_minutes=1.0, epochs=4.0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + EXTRA_MODELS)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--epochs", type=float, default=4.0, help="span of the cosine schedule")
-    parser.add_argument("--deq-grad", default="1", help="'ift' or phantom steps (int)")
     args = parser.parse_args(argv)
     prepare_data()
-    budget_cpu_s = 60 * args.budget_minutes * args.threads
+    budget_cpu_s, max_wall_s = budget_of(args)
     new_runs = train_all(args.models, lambda name: train_command(name, args.epochs, args.deq_grad),
-                         args.threads, args.parallel, budget_cpu_s, 4 * 60 * args.budget_minutes)
+                         args.threads, args.parallel, budget_cpu_s, max_wall_s)
     # read back only now: another train_models process may have finished meanwhile
     previous = RESULTS_JSON.is_file() and json.loads(RESULTS_JSON.read_text())
     runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}

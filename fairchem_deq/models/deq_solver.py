@@ -138,6 +138,13 @@ class StructureDEQSolver(nn.Module):
             }
         )
 
+        # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
+        self._implicit = backward_factory(
+            grad_type="ift", b_solver=get_solver(config.b_solver),
+            b_solver_kwargs=dict(max_iter=config.b_max_iter, tol=config.b_tol, stop_mode=config.b_stop_mode),
+        )
+        self.last_backward_stats: dict[str, torch.Tensor] = {}
+
     def set_phase(self, phase: str, **changes) -> None:
         """Changes one phase's settings (max_iter, tol, stop_mode) after construction."""
         settings = SolveSettings(**{**vars(self.config.phase(phase)), **changes})
@@ -164,11 +171,6 @@ class StructureDEQSolver(nn.Module):
         """z_out = f(z*) (one more evaluation, with graph) whose backward solves the adjoint
         fixed point g = J^T g + dL/dz_out to b_tol (TorchDEQ's IFT): the exact derivative of
         z* with respect to f's inputs. Backward statistics land in `last_backward_stats`."""
-        implicit = backward_factory(
-            grad_type="ift", b_solver=get_solver(self.config.b_solver),
-            b_solver_kwargs=dict(max_iter=self.config.b_max_iter, tol=self.config.b_tol,
-                                 stop_mode=self.config.b_stop_mode),
-        )
         self.last_backward_stats = {}
 
         def untracked(z):
@@ -179,7 +181,7 @@ class StructureDEQSolver(nn.Module):
             self.last_backward_stats = {k: v.detach() for k, v in info.items() if torch.is_tensor(v)}
 
         with torch.enable_grad():
-            (z_out,) = implicit(None, untracked, result.fixed_point.detach(), writer=record)
+            (z_out,) = self._implicit(None, untracked, result.fixed_point.detach(), writer=record)
         return DEQSolveResult(z_out, [z_out], result.stats)
 
     def _solve(self, f, z0, phase, scope) -> DEQSolveResult:

@@ -134,12 +134,7 @@ def run_md(
     if log:
         _write_log(rows, Path(log))
     iters = [r["solver_iterations"] for r in rows if r["solver_iterations"] is not None]
-    drift = None
-    if ensemble == "nve" and len(rows) > 2:
-        t_ps = np.array([r["time_fs"] for r in rows]) / 1000.0
-        etot = np.array([r["etot_eV"] for r in rows])
-        if np.isfinite(etot).all():
-            drift = float(np.polyfit(t_ps, etot, 1)[0] / len(atoms) * 1000.0)
+    drift = energy_drift(rows, len(atoms)) if ensemble == "nve" else None
     return MDReport(
         steps_run=rows[-1]["step"], ensemble=ensemble, timestep_fs=timestep_fs, natoms=len(atoms),
         mean_solver_iterations=float(np.mean(iters)) if iters else None,
@@ -147,6 +142,18 @@ def run_md(
         unphysical_reason=reason, trajectory=str(trajectory) if trajectory else None,
         log=str(log) if log else None, rows=rows,
     )
+
+
+def energy_drift(rows: list[dict], natoms: int) -> float | None:
+    """Slope of a linear fit of E_tot(t) over MD log rows, in meV/atom/ps (None: too few
+    rows or a non-finite energy)."""
+    if len(rows) <= 2:
+        return None
+    t_ps = np.array([r["time_fs"] for r in rows]) / 1000.0
+    etot = np.array([r["etot_eV"] for r in rows])
+    if not np.isfinite(etot).all():
+        return None
+    return float(np.polyfit(t_ps, etot, 1)[0] / natoms * 1000.0)
 
 
 def _write_log(rows: list[dict], path: Path) -> None:

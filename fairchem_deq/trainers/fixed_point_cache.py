@@ -34,6 +34,12 @@ class CachedFixedPoint:
         return self.history.latest
 
 
+def _same_atoms(entry: CachedFixedPoint | None, atomic_numbers: torch.Tensor) -> bool:
+    """Whether `entry` exists and holds the same atoms (count and species, in order)."""
+    return entry is not None and torch.equal(
+        entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device))
+
+
 class FixedPointCache:
     def __init__(self, max_systems: int = 10000, warm_start: str = "last"):
         if max_systems < 1:
@@ -58,7 +64,7 @@ class FixedPointCache:
     def get(self, sid, atomic_numbers: torch.Tensor) -> CachedFixedPoint | None:
         """The entry for `sid` if it describes the same atoms (count and species), else None."""
         entry = self._entries.get(sid)
-        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
+        if not _same_atoms(entry, atomic_numbers):
             self.misses += 1
             return None
         self._entries.move_to_end(sid)
@@ -68,7 +74,7 @@ class FixedPointCache:
     def put(self, sid, fid: int | None, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor) -> None:
         """Adds a fixed point to `sid`'s history (fid None or < 0: unknown, taken as the next frame)."""
         entry = self._entries.get(sid)
-        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
+        if not _same_atoms(entry, atomic_numbers):
             entry = self._entries[sid] = CachedFixedPoint(FixedPointHistory(self.predictor), atomic_numbers.detach())
         entry.history.push(fixed_point, _frame_id(fid))
         self._entries.move_to_end(sid)
