@@ -8,10 +8,12 @@
 4. benchmarks.wallclock      time per MD step, DEQ warm vs EquiformerV2 1/4/8 (interleaved)
 5. benchmarks.training_memory  training peak memory and step time (fresh subprocesses)
 6. benchmarks.iteration_cost   one solver iteration vs one explicit block, parameter counts
-7. benchmarks.extrapolation    extrapolated warm starts vs plain reuse (issue 7)
+7. benchmarks.extrapolation    extrapolated warm starts vs plain reuse
 8. benchmarks.train_models --models deq1_conservative, then benchmarks.energy_conservation:
-                               NVE drift and cost, direct vs energy-gradient forces (issue 7)
-9. benchmarks.dens_accuracy    DEQ1 with vs without DeNS at an equal budget (issue 7)
+                               NVE drift and cost, direct vs energy-gradient forces
+9. benchmarks.dens_accuracy    DEQ1 with vs without DeNS at an equal budget
+10. benchmarks.reuse_displacement  per-atom displacements of MD steps, optimiser steps and
+                               random frames against the fixed-point reuse bound
 Each writes benchmarks/results/<name>.json and .png. --quick shrinks the frame counts.
 """
 
@@ -26,6 +28,7 @@ from benchmarks import (
     extrapolation,
     iteration_cost,
     iterations,
+    reuse_displacement,
     train_models,
     training_memory,
     wallclock,
@@ -52,6 +55,7 @@ def main(argv=None):
     energy_conservation.main(["--steps", "200" if args.quick else "400"])
     if not args.skip_training:
         dens_accuracy.main(["--budget-minutes", str(args.budget_minutes), "--frames", str(50 if args.quick else 100)])
+    reuse_displacement.main([])
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ width, unchanged) `--parallel` at a time, is stopped after `--budget-minutes` x 
 its last checkpoint (saved every 20 optimiser steps). Warm-up is shortened to 0.1 epoch and
 the cosine schedule spans `--epochs` (default 4), since the budget is a fraction of one paper run.
 Runs go `--parallel` at a time (default 2), each with `--threads` torch threads (default 1), so
-two models share the 2 cores and see the same load. DEQ models train with `--deq-grad`
-(default 1: the paper's 1-step phantom gradient, measured ~5x cheaper per step here than
-implicit differentiation with b_tol 1e-6; pass `ift` for the shipped setting).
+two models share the 2 cores and see the same load. DEQ models train with their config's
+gradient rule unless `--deq-grad` names one (`ift` or k phantom steps). `--snapshot-minutes`
+copies each run's checkpoint every so many CPU-minutes (benchmarks.learning_curves).
 
     .venv/bin/python -m benchmarks.train_models [--budget-minutes 1] [--parallel 2] [--threads 1]
 
@@ -42,7 +42,7 @@ WORK = Path(__file__).parent / "work"
 LMDB = WORK / "md17_ethanol"
 RUNS = WORK / "runs"
 MODELS = ("deq1", "deq2", "eqv2_4l", "eqv2_8l")  # the equal-budget comparison
-EXTRA_MODELS = ("deq1_conservative",)  # issue 7 variants, trained with the same recipe on request
+EXTRA_MODELS = ("deq1_conservative",)  # variants, trained with the same recipe on request
 LABELS = {"deq1": "DEQ1", "deq2": "DEQ2", "eqv2_4l": "EquiformerV2-4", "eqv2_8l": "EquiformerV2-8",
           "deq1_conservative": "DEQ1 (energy-gradient forces)",
           "deq1_dens": "DEQ1 + DeNS", "deq1_nodens": "DEQ1 (no DeNS)"}
@@ -99,11 +99,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def config_path(name: str) -> str:
-    return f"configs/md17/ethanol/{CONFIG_OF.get(name, name)}.yml"
+    """The shipped config of `name`, or a generated one (an absolute path in CONFIG_OF)."""
+    config = CONFIG_OF.get(name, name)
+    return config if config.endswith(".yml") else f"configs/md17/ethanol/{config}.yml"
 
 
-def train_command(name: str, epochs: float, deq_grad: str) -> list[str]:
-    """The fairchem CLI command line of one benchmark training run."""
+def train_command(name: str, epochs: float, deq_grad: str | None) -> list[str]:
+    """The fairchem CLI command line of one benchmark training run (deq_grad None: the
+    config's own gradient rule)."""
     args = [
         str(Path(sys.executable).parent / "fairchem"), "--mode", "train",
         "--config-yml", str(REPO / config_path(name)), "--cpu",
@@ -113,7 +116,7 @@ def train_command(name: str, epochs: float, deq_grad: str) -> list[str]:
         "--optim.num_workers=0", f"--optim.max_epochs={epochs:g}", "--optim.scheduler_params.warmup_epochs=0.1",
         "--optim.eval_every=100000000", "--optim.checkpoint_every=20",
     ]
-    if name.startswith("deq") and "conservative" not in name:
+    if deq_grad not in (None, "config") and name.startswith("deq") and "conservative" not in name:
         # (energy-gradient forces keep their config's k-step phantom gradient: k=1 would
         # train on a poor approximation of -dE/dpos)
         args.append(f"--model.backbone.deq.grad={deq_grad}")
@@ -139,12 +142,30 @@ def _checkpoint_complete(path: Path) -> bool:
     return not path.exists() or zipfile.is_zipfile(path)
 
 
+def snapshot_path(name: str, cpu_s: float) -> Path:
+    return RUNS / "snapshots" / name / f"cpu{int(round(cpu_s)):06d}.pt"
+
+
+def _snapshot(name: str, cpu_s: float) -> None:
+    """Copies the run's latest complete checkpoint, named by the CPU seconds spent so far."""
+    import shutil
+
+    source = checkpoint(name)
+    if source.is_file() and _checkpoint_complete(source):
+        target = snapshot_path(name, cpu_s)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
 def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu_s: float,
-              max_wall_s: float) -> dict:
+              max_wall_s: float, snapshot_every_cpu_s: float | None = None) -> dict:
     """Run the trainings `parallel` at a time; stop each (SIGTERM) once it has used budget_cpu_s
     of CPU time (or max_wall_s of wall-clock). The machine is shared with other jobs, so equal
-    CPU time is the fair "equal budget"; the wall-clock each run took is recorded too."""
+    CPU time is the fair "equal budget"; the wall-clock each run took is recorded too.
+    `snapshot_every_cpu_s`: copy the latest checkpoint at every multiple of that CPU time
+    (learning curves; `snapshot_path`)."""
     pending, running, results = list(names), {}, {}
+    next_snapshot = dict.fromkeys(names, snapshot_every_cpu_s)
     while pending or running:
         while pending and len(running) < parallel:
             name = pending.pop(0)
@@ -156,6 +177,9 @@ def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu
             except (FileNotFoundError, ProcessLookupError):
                 pass
             running[name] = (proc, log_path, t0, cpu)
+            if next_snapshot[name] is not None and cpu >= next_snapshot[name]:
+                _snapshot(name, cpu)
+                next_snapshot[name] += snapshot_every_cpu_s
             over = cpu >= budget_cpu_s or time.perf_counter() - t0 >= max_wall_s
             # fairchem writes checkpoints in place: never stop a run in the middle of a save
             stopped = proc.poll() is None and over and _checkpoint_complete(checkpoint(name))
@@ -163,6 +187,8 @@ def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)
             if proc.poll() is not None:
+                if snapshot_every_cpu_s is not None:
+                    _snapshot(name, cpu)  # the final checkpoint
                 del running[name]
                 results[name] = summarise(name, log_path, time.perf_counter() - t0, cpu, stopped)
                 results[name]["returncode"] = proc.returncode
@@ -179,7 +205,7 @@ def summarise(name: str, log_path: Path, wall_s: float, cpu: float, stopped: boo
     saved = checkpoint(name)
     saved_step = torch.load(saved, map_location="cpu", weights_only=False)["step"] if saved.is_file() else None
     return {
-        "model": LABELS[name], "config": config_path(name),
+        "model": LABELS.get(name, name), "config": config_path(name),
         "wall_s": wall_s, "cpu_s": cpu, "stopped_by_budget": stopped,
         "checkpoint_step": saved_step, "last_logged_step": max(steps, default=0),
         "first_losses": losses[:3], "last_losses": losses[-3:], "log": str(log_path.relative_to(REPO)),
@@ -192,7 +218,8 @@ def add_budget_arguments(parser: argparse.ArgumentParser, budget_minutes: float,
                         help="per run: CPU time of budget x threads, wall-clock cap 4x budget")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=float, default=epochs, help="span of the cosine schedule")
-    parser.add_argument("--deq-grad", default="1", help="'ift' or phantom steps (int)")
+    parser.add_argument("--deq-grad", default="config",
+                        help="'config' (the config's own rule), 'ift' or phantom steps (int)")
 
 
 def budget_of(args) -> tuple[float, float]:
@@ -205,11 +232,14 @@ def main(argv=None):
     add_budget_arguments(parser, budget_minutes=1.0, epochs=4.0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + EXTRA_MODELS)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--snapshot-minutes", type=float, default=None,
+                        help="copy each run's checkpoint every this many CPU-minutes (learning curves)")
     args = parser.parse_args(argv)
     prepare_data()
     budget_cpu_s, max_wall_s = budget_of(args)
+    snapshot = None if args.snapshot_minutes is None else 60 * args.snapshot_minutes
     new_runs = train_all(args.models, lambda name: train_command(name, args.epochs, args.deq_grad),
-                         args.threads, args.parallel, budget_cpu_s, max_wall_s)
+                         args.threads, args.parallel, budget_cpu_s, max_wall_s, snapshot)
     # read back only now: another train_models process may have finished meanwhile
     previous = RESULTS_JSON.is_file() and json.loads(RESULTS_JSON.read_text())
     runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}
@@ -240,19 +270,20 @@ class Trained:
     """A checkpoint loaded through fairchem's calculators; `predict` runs the bare Hydra model
     (batch 1, no autograd) and denormalises to eV, so DEQ and explicit models share one path."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, path: Path | None = None):
         import logging
 
         from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
         from fairchem_deq.simulate import DEQCalculator
 
-        self.name, self.label, self.is_deq = name, LABELS[name], name.startswith("deq")
+        self.name, self.label, self.is_deq = name, LABELS.get(name, name), name.startswith("deq")
         level = logging.getLogger().level
         if self.is_deq:
-            calc = DEQCalculator(checkpoint(name), cpu=True, seed=0)
+            calc = DEQCalculator(path or checkpoint(name), cpu=True, seed=0)
         else:
-            calc = OCPCalculator(checkpoint_path=checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0)
+            calc = OCPCalculator(checkpoint_path=path or checkpoint(name), trainer="equiformerv2_forces", cpu=True,
+                                 seed=0)
         logging.getLogger().setLevel(max(level, logging.WARNING))
         trainer = calc.trainer
         if trainer.ema is not None:

@@ -18,10 +18,13 @@ submission uses a different prediction file (or directory) for every split.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from fairchem_deq.command import UserError
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "OC20": ("id", "ood_ads", "ood_cat", "ood_both"),
@@ -34,7 +37,7 @@ REQUIRED_KEYS = {
 }
 
 
-class SubmissionError(ValueError):
+class SubmissionError(ValueError, UserError):
     """A prediction file (or the set of them) cannot make a valid submission."""
 
 
@@ -52,6 +55,8 @@ def check_predictions(path: str | Path, task: str = "s2ef") -> dict[str, int]:
         trajs = sorted(path.glob("*.traj"))
         if not trajs:
             raise SubmissionError(f"{path}: no .traj files (set task.relax_opt.traj_dir)")
+        for traj in trajs:
+            check_is2re_trajectory(traj)
         return {"systems": len(trajs), "atoms": 0}
     if not path.is_file():
         raise SubmissionError(f"{path}: no such prediction file")
@@ -89,6 +94,35 @@ def check_predictions(path: str | Path, task: str = "s2ef") -> dict[str, int]:
         return {"systems": n, "atoms": int(len(rows))}
 
 
+def check_is2re_trajectory(path: str | Path) -> float:
+    """The energy of the last frame of one ML relaxation trajectory, which IS2RE submits.
+
+    An empty trajectory (fairchem 1.10 writes none for a system already below
+    `relaxation_fmax` at step 0) or a last frame without a finite energy is a SubmissionError.
+    """
+    from ase.io.trajectory import Trajectory
+
+    try:
+        with Trajectory(str(path)) as traj:
+            n = len(traj)
+            atoms = traj[-1] if n else None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise SubmissionError(f"{path}: not a readable ASE trajectory ({type(exc).__name__}: {exc})") from None
+    if atoms is None:
+        raise SubmissionError(
+            f"{path}: the trajectory has no frames (fairchem writes none for a system that needs no "
+            "relaxation step); rerun --mode run-relaxations with fairchem-deq's trainer, which records "
+            "the initial frame, or delete the file so that the system is relaxed again"
+        )
+    try:
+        energy = float(atoms.get_potential_energy())
+    except Exception:  # noqa: BLE001 - no calculator / no energy stored
+        energy = float("nan")
+    if not np.isfinite(energy):
+        raise SubmissionError(f"{path}: the last frame has no finite energy")
+    return energy
+
+
 def make_submission(
     predictions: Mapping[str, str | Path],
     out_path: str | Path,
@@ -122,13 +156,24 @@ def make_submission(
     if out_path.suffix != ".npz":
         out_path = out_path.with_name(out_path.name + ".npz")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # fairchem writes the file in place; write it under a hidden name and rename when complete
+    tmp = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}.npz")
     args = argparse.Namespace(
         id=None, ood_ads=None, ood_cat=None, ood_both=None, ood=None,
-        out_path=str(out_path), is2re_relaxations=task == "is2re", hybrid=False, dataset=dataset,
+        out_path=str(tmp), is2re_relaxations=task == "is2re", hybrid=False, dataset=dataset,
     )
     for split in splits:
         setattr(args, split, str(predictions[split]))
-    make_submission_file.main(args)
+    try:
+        try:
+            make_submission_file.main(args)
+        except StopIteration:  # ase.io.read of an empty trajectory, inside fairchem's merge
+            raise SubmissionError("an is2re trajectory has no frames; check_predictions (the "
+                                  "checks that --no-check skips) names it") from None
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out_path
 
 

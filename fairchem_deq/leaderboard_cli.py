@@ -4,7 +4,8 @@ Checks every prediction file, then merges them with fairchem's make_submission_f
   s2ef   --id/--ood-ads/--ood-cat/--ood-both: s2ef_predictions.npz from `--mode predict`
   is2rs  the same splits: relaxed_positions.npz from `--mode run-relaxations` (task.write_pos)
   is2re  the same splits: directories of ML relaxation trajectories (task.relax_opt.traj_dir)
-OC22 takes --id and --ood. Exit codes: 0 written, 2 invalid or missing predictions.
+OC22 takes --id and --ood. Exit codes: 0 written, 2 invalid or missing predictions (an empty
+is2re trajectory included), 130 interrupted, 143 terminated (nothing written in both).
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fairchem_deq.command import run_command
+
     parser = argparse.ArgumentParser(prog="fairchem-deq submission")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("submission", lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ class FixedPointHistory:
         return self._points[-1] if self._points else None
 
     @property
+    def points(self) -> tuple:
+        """The stored fixed points, oldest first."""
+        return tuple(self._points)
+
+    @property
     def latest_time(self):
         return self._times[-1] if self._times else None
 

@@ -61,6 +61,19 @@ def to_batch(atoms_list, sids=None):
     return atoms_to_batch(atoms_list, sids=sids)
 
 
+def measure_auto_readout_constants(backbone: dict, atoms_list=None) -> dict:
+    """Replaces `auto` readout constants of a backbone config (in place) by their values on
+    real ethanol frames, as the trainer does on its training set."""
+    from fairchem_deq.data.graph_stats import graph_statistics
+
+    batch = to_batch(atoms_list or ethanol_atoms([0, 50, 100]))
+    stats = graph_statistics(batch.to_data_list(), backbone.get("max_radius", 5.0), backbone.get("max_neighbors", 1000))
+    for key in ("avg_num_nodes", "avg_degree"):
+        if backbone.get(key) == "auto":
+            backbone[key] = getattr(stats, key)
+    return backbone
+
+
 def make_model(deq=None, num_layers=1, seed=0, **overrides):
     """fairchem hydra model with our backbone and fairchem's EquiformerV2 heads."""
     from fairchem.core.models.base import HydraModel

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from cli_helpers import REPO, run_cli
+from cli_helpers import run_cli
 from conftest import DATA, ethanol_atoms
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,27 @@ def test_fixed_point_is_reset_when_the_atoms_change(calc):
     periodic.calc = calc
     periodic.get_forces()
     assert calc.trainer.fixed_point_cache.hits == warm_hits  # reset: solved from zero
+
+
+def test_a_distant_structure_is_solved_cold_not_from_the_stored_fixed_point(trained_checkpoint):
+    """Reuse only for a nearby structure: an unrelated frame of the same molecule (1-2 Å
+    away) used to start from the previous frame's fixed point."""
+    from fairchem_deq import DEQCalculator
+
+    calc = DEQCalculator(trained_checkpoint, tol=1e-3)
+    cache = calc.trainer.fixed_point_cache
+    first, next_frame, unrelated = ethanol_atoms([0, 1, 150])
+    for atoms in (first, next_frame, unrelated):
+        atoms.calc = calc
+        atoms.get_forces()
+        if atoms is next_frame:
+            assert cache.hits == 1 and cache.refused == 0  # an MD step apart: reused
+    assert cache.refused == 1 and cache.hits == 1  # the unrelated frame started from zero
+    loose = DEQCalculator(trained_checkpoint, tol=1e-3, reuse_max_displacement=None)
+    for atoms in (first, unrelated):
+        atoms.calc = loose
+        atoms.get_forces()
+    assert loose.trainer.fixed_point_cache.hits == 1  # no bound: reused
 
 
 def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
@@ -153,3 +174,18 @@ def test_md_and_relax_commands(trained_checkpoint, tmp_path):
              "--no-progress"], cwd=tmp_path, program="fairchem-deq")
     assert (tmp_path / "relax" / "relaxed.extxyz").is_file()
     assert json.loads((tmp_path / "relax" / "report.json").read_text())["steps"] == 3
+
+
+def test_relax_reports_solver_evaluations_per_step_and_a_cold_comparison(trained_checkpoint, tmp_path):
+    proc = run_cli(["relax", "--checkpoint", str(trained_checkpoint), "--structure",
+                    str(DATA / "md17_ethanol_300.npz"), "--optimizer", "fire", "--fmax", "1e-4", "--steps", "4",
+                    "--out", str(tmp_path / "relax"), "--compare-cold"], cwd=tmp_path, program="fairchem-deq")
+    assert proc.stdout.count("solver iterations") == 5 and proc.stdout.count("from zero") == 5
+    rows = list(csv.DictReader(open(tmp_path / "relax" / "relax_log.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert all(int(r["solver_iterations"]) >= 1 and int(r["solver_iterations_cold"]) >= 1 for r in rows)
+    assert rows[0]["solver_iterations"] == rows[0]["solver_iterations_cold"]  # step 0 is solved from zero
+    assert all(float(r["markov_dev"]) < 0.05 for r in rows)
+    report = json.loads((tmp_path / "relax" / "report.json").read_text())
+    assert report["mean_solver_iterations"] < report["mean_solver_iterations_cold"]
+    assert report["max_markov_dev"] is not None

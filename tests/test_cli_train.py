@@ -69,9 +69,11 @@ def test_fixed_point_correction_loss_adds_decoded_intermediate_states(ethanol_lm
 
 def test_reuse_in_training_warm_starts_from_the_cache(ethanol_lmdb, tmp_path):
     """optim.deq.reuse_in_training: training batches start from cached fixed points (sid-keyed:
-    for one MD17 molecule, the molecule's latest frame) and training still runs."""
+    for one MD17 molecule, the molecule's latest frame) and training still runs. Random
+    frames are far apart: the default displacement bound refuses them, a loose one reuses."""
     proc = run_cli([*_train_args(tmp_path, ethanol_lmdb, "reuse-train", epochs=1), "--print-every", "1",
-                    "--optim.deq.reuse_in_training=True"], cwd=tmp_path)
+                    "--optim.deq.reuse_in_training=True", "--task.deq.reuse_max_displacement=100"],
+                   cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert "deq_nstep_warm:" in log  # logged only for warm-started batches
     assert (tmp_path / "checkpoints" / "reuse-train" / "checkpoint.pt").is_file()

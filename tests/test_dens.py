@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
-from conftest import DATA, TINY_BACKBONE, ethanol_atoms, to_batch
+from conftest import DATA, TINY_BACKBONE, ethanol_atoms, measure_auto_readout_constants, to_batch
 
 CONFIG = REPO / "configs/md17/ethanol/deq1_dens.yml"
 DENS_HEADS = {"energy": {"module": "eqV2_DeNS_scalar_head"}, "forces": {"module": "eqV2_DeNS_vector_head"}}
@@ -50,6 +50,7 @@ def _config(path=CONFIG):
     config, _, errors = load_config(path)
     assert not errors
     config["model"]["backbone"].update(TINY_BACKBONE)
+    measure_auto_readout_constants(config["model"]["backbone"])
     return config
 
 
@@ -230,12 +231,12 @@ def test_oc20_fixed_atoms_stay_out_of_the_dens_loss():
 # ---- end to end: fairchem's CLI ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def dens_run(tmp_path_factory, ethanol_lmdb):
+def dens_run(tmp_path_factory, ethanol_lmdb, ethanol_trajectory_lmdb):
     """2 epochs of the shipped DeNS config through fairchem's CLI, every batch noised
     (1-step phantom gradient for speed)."""
     run_dir = tmp_path_factory.mktemp("dens")
     test_split = run_dir / "test"  # DeNS's trainer predicts it after each improved validation
-    shutil.copytree(ethanol_lmdb / "val", test_split)
+    shutil.copytree(ethanol_trajectory_lmdb, test_split)  # consecutive frames: warm starts
     proc = run_cli([
         "--mode", "train", "--config-yml", str(CONFIG), "--cpu", "--run-dir", str(run_dir),
         "--identifier", "dens", "--timestamp-id", "dens", "--print-every", "4",
@@ -256,7 +257,9 @@ def test_cli_training_takes_the_denoising_branch_and_validates_clean(dens_run):
     val_lines = [line for line in log.splitlines() if "base_trainer.py" in line and "forces_mae:" in line]
     assert len(val_lines) == 2, log[-3000:]  # DeNS's trainer validates after each epoch
     for line in val_lines:  # on clean structures: the S2EF metrics, no denoising ones
-        assert "energy_mae:" in line and "deq_nstep_warm:" in line and "denoising" not in line, line
+        assert "energy_mae:" in line and "denoising" not in line, line
+        # the val split holds random frames: their cached fixed points are not reused
+        assert "deq_reuse_refused:" in line and "deq_nstep_warm:" not in line, line
     stats = json.loads((run_dir / "results" / "dens" / "s2ef_predictions_deq_stats.json").read_text())
     assert stats["deq_nstep_warm_count"] > 0  # warm starts in evaluation work as for DEQ1
     assert (run_dir / "checkpoints" / "dens" / "checkpoint.pt").is_file()

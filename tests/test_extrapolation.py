@@ -164,11 +164,19 @@ def test_trainer_takes_the_predictor_from_task_deq_and_extrapolates_in_trajector
     trainer.collater = partial(data_list_collater, otf_graph=True)  # what fairchem's load_datasets sets
     loader = trainer.get_dataloader(dataset, trainer.get_sampler(dataset, 4, shuffle=False))
     trainer.is_debug = False  # fairchem refuses per-image predictions in debug mode (no file is written)
+    cache, histories = trainer.fixed_point_cache, {}
+    put = cache.put
+
+    def recording_put(key, fid, *args, **kwargs):
+        put(key, fid, *args, **kwargs)
+        histories[key] = list(cache._entries[key].history._times)
+
+    cache.put = recording_put
     predictions = trainer.predict(loader, disable_tqdm=True)
     assert len(predictions["energy"]) == 40
-    numbers = torch.as_tensor(ethanol_atoms([0])[0].numbers)
-    history = trainer.fixed_point_cache.get(0, numbers).history
-    assert list(history._times) == [37, 38, 39]  # frames in time order, the last three kept
+    # 4 segments of 10 frames (eval batch 4); the last, frames 30..39, kept its last three in
+    # time order, and every segment's history was dropped when the pass ended
+    assert histories[(0, 3)] == [37, 38, 39] and len(cache) == 0
 
 
 def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpoint, monkeypatch, one_thread):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ethanol_atoms, to_batch
+from conftest import ethanol_atoms, oc20_atoms, to_batch
 
 
 def test_trajectory_batches_step_systems_in_lockstep_and_split_across_ranks():
@@ -17,9 +17,32 @@ def test_trajectory_batches_step_systems_in_lockstep_and_split_across_ranks():
     batches = list(TrajectoryBatchSampler(sids, fids, batch_size=2))
     frames = [[(sids[i], fids[i]) for i in b] for b in batches]
     assert frames == [[(3, 0), (7, 0)], [(3, 1), (7, 1)], [(3, 2), (7, 2)], [(3, 3)]]
-    rank0 = [i for b in TrajectoryBatchSampler(sids, fids, 2, rank=0, world_size=2) for i in b]
-    rank1 = [i for b in TrajectoryBatchSampler(sids, fids, 2, rank=1, world_size=2) for i in b]
-    assert {sids[i] for i in rank0} == {3} and {sids[i] for i in rank1} == {7}
+    # 2 ranks x batch 2: four segments, each rank steps two of them in lockstep
+    per_rank = [list(TrajectoryBatchSampler(sids, fids, 2, rank=r, world_size=2)) for r in range(2)]
+    assert all(len(b) == 2 for batches in per_rank for b in batches[:1])
+    assert sorted(i for batches in per_rank for b in batches for i in b) == list(range(7))
+
+
+def test_one_long_trajectory_is_split_so_every_rank_and_batch_slot_gets_work():
+    """An MD17/MD22 dataset is one sid: dealt whole, rank 1 got nothing (and fairchem's
+    validation died there) and rank 0 ran at batch size 1."""
+    from fairchem_deq.trainers import TrajectoryBatchSampler
+
+    fids = list(range(40))[::-1]  # one system, frames stored out of order
+    sids = [0] * 40
+    seen, keys = [], set()
+    for rank in range(2):
+        sampler = TrajectoryBatchSampler(sids, fids, batch_size=4, rank=rank, world_size=2)
+        assert len(sampler) == 5 and all(len(b) == 4 for b in sampler)  # 8 segments of 5 frames
+        slots = list(zip(*sampler))  # frames of each batch slot, in order
+        for slot in slots:
+            frames = [fids[i] for i in slot]
+            assert frames == list(range(frames[0], frames[0] + 5))  # contiguous, in time order
+            key = {sampler.segment_key(0, f) for f in frames}
+            assert len(key) == 1  # one cache key per segment
+            keys |= key
+        seen += [i for b in sampler for i in b]
+    assert sorted(seen) == list(range(40)) and len(keys) == 8
 
 
 def test_sid_fid_come_from_metadata_through_fairchems_shuffled_subset(ethanol_trajectory_lmdb):
@@ -48,6 +71,44 @@ def test_fixed_point_cache_is_bounded_checks_species_and_accepts_any_sid():
     assert cache.get("a", torch.flip(numbers, [0])) is None  # other species order: no reuse
     with pytest.raises(ValueError):
         FixedPointCache(0)
+
+
+def test_cache_holds_copies_bounded_by_bytes_and_drops_finished_systems():
+    """Entries were views pinning their whole batch tensor, bounded only by count."""
+    from fairchem_deq.trainers import FixedPointCache
+
+    batch_state = torch.zeros(100, 16, 8)  # a batch of 10 systems x 10 atoms: 51,200 bytes
+    per_system = 10 * 16 * 8 * 4
+    numbers = torch.arange(10)
+    entry = per_system + numbers.untyped_storage().nbytes()
+    cache = FixedPointCache(max_mb=4.5 * entry / 2**20)
+    for sid in range(10):
+        cache.put(sid, 0, batch_state[10 * sid:10 * sid + 10], numbers)
+    assert len(cache) == 4 and list(cache._entries) == [6, 7, 8, 9]  # least recently used went
+    held = sum(e.history.latest.untyped_storage().nbytes() for e in cache._entries.values())
+    assert held == 4 * per_system  # copies, not views of the 51,200-byte batch tensor
+    assert cache.nbytes == 4 * entry
+    cache.keep_only([8, 9])
+    assert list(cache._entries) == [8, 9]
+    assert cache.nbytes == 2 * entry
+
+
+def test_cache_reuses_only_for_a_nearby_structure_under_the_minimum_image():
+    from fairchem_deq.trainers import FixedPointCache
+
+    slab = oc20_atoms()
+    batch = to_batch([slab], sids=[3])
+    cache = FixedPointCache(max_displacement=0.25)
+    z = torch.ones(len(slab), 4, 2)
+    cache.store(batch, z)
+    moved = slab.copy()
+    moved.positions[0] += moved.cell[0]  # wrapped across the cell: the same structure
+    moved.positions[1] += [0.1, 0.1, 0.0]
+    assert cache.warm_start(to_batch([moved], sids=[3])) is not None and cache.refused == 0
+    far = slab.copy()
+    far.positions[5] += [0.0, 0.0, 0.3]
+    assert cache.warm_start(to_batch([far], sids=[3])) is None
+    assert cache.refused == 1 and 3 not in cache  # refused: the history restarts
 
 
 def test_cache_warm_start_fills_misses_with_cold_rows():

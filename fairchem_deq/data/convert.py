@@ -6,7 +6,8 @@ Output layout (one directory per split, each a valid fairchem `src`):
       train/data.lmdb  train/metadata.npz
       val/data.lmdb    val/metadata.npz
       test/data.lmdb   test/metadata.npz     (or all/... with split="none")
-      conversion.json                         (inputs, sids, units, split settings, counts)
+      conversion.json                         (inputs, sids, units, split settings, counts,
+                                               which systems (sids) are in which split)
 
 Every entry is a torch_geometric Data with pos (Å), cell [1,3,3], pbc [1,3], atomic_numbers,
 natoms, tags, fixed, sid [1] (one id per input file), fid [1] (frame index in the file, in time
@@ -20,19 +21,27 @@ at random (numpy default_rng(seed).permutation) from the whole trajectory; the r
 form `test`. Within every split entries are stored in time order (input file order, then fid),
 so consecutive entries of `test` are consecutive MD frames. With several input files,
 split_by="frame" pools all frames, split_by="system" draws whole files (n_train/n_val count
-files). Empty splits are not written.
+files). Empty splits are not written. split="test" writes everything to `test` (data for
+evaluation only), split="none" everything to `all`.
+
+Elements that occur in val/test but not in train are reported (UnseenElementsWarning, and
+`elements_not_in_train` in conversion.json): the model never saw them, and element references
+fitted on the training split (configs/includes/oc20) are 0 eV for them.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 from tqdm import tqdm
 
+from fairchem_deq.command import OutputExistsError, UserError
 from fairchem_deq.data.lmdb_writer import (
     LMDB_NAME,
     METADATA_NAME,
@@ -53,14 +62,18 @@ from fairchem_deq.data.readers import (
     system_id_from_name,
 )
 
-SPLIT_MODES = ("paper", "none")
+SPLIT_MODES = ("paper", "none", "test")
 SPLIT_BY = ("frame", "system")
 PAPER_SPLITS = ("train", "val", "test")
 INFO_NAME = "conversion.json"
 
 
-class SplitError(ValueError):
+class SplitError(ValueError, UserError):
     """The requested split does not fit the data (e.g. n_train + n_val > number of frames)."""
+
+
+class UnseenElementsWarning(UserWarning):
+    """Elements in val/test that the training split does not contain."""
 
 
 @dataclass
@@ -127,6 +140,8 @@ def plan_splits(
     frames = [(t, fid) for t, traj in enumerate(trajectories) for fid in range(len(traj.frames))]
     if split == "none":
         return {"all": frames}
+    if split == "test":
+        return {"test": frames} if frames else {}
     if split_by == "frame":
         try:
             parts = paper_split(len(frames), n_train, n_val, seed)
@@ -143,6 +158,22 @@ def plan_splits(
             for name, idx in parts.items()
         }
     return {name: entries for name, entries in plan.items() if entries}
+
+
+def elements_not_in_train(trajectories: Sequence[Trajectory], plan: dict) -> dict[str, list[str]]:
+    """Split name -> element symbols it has and `train` lacks ({} without a train split)."""
+    if "train" not in plan:
+        return {}
+
+    def elements(entries) -> set[int]:
+        found: set[int] = set()
+        for t in sorted({t for t, _ in entries}):  # a trajectory's species never change
+            found.update(int(z) for z in trajectories[t].frames[0].get_atomic_numbers())
+        return found
+
+    train = elements(plan["train"])
+    unseen = {name: sorted(elements(entries) - train) for name, entries in plan.items() if name != "train"}
+    return {name: [chemical_symbols[z] for z in zs] for name, zs in unseen.items() if zs}
 
 
 def convert(
@@ -176,7 +207,7 @@ def convert(
         raise ValueError(f"unknown split_by {split_by!r}; choose one of {SPLIT_BY}")
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} already exists (use overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(out)
 
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     sids = assign_system_ids(paths)
@@ -189,6 +220,13 @@ def convert(
         for path, sid in zip(paths, sids)
     ]
     plan = plan_splits(trajectories, split, n_train, n_val, seed, split_by)
+    unseen = elements_not_in_train(trajectories, plan)
+    for name, symbols in unseen.items():
+        warnings.warn(
+            f"{name} has element(s) {', '.join(symbols)} that no training frame has: the model "
+            "never sees them in training, and element references fitted on train are 0 eV for them",
+            UnseenElementsWarning, stacklevel=2,
+        )
 
     a2g = make_atoms_to_graphs()
 
@@ -221,6 +259,10 @@ def convert(
                 "positions": "Å",
             },
             "split": split,
+            "split_sids": {
+                name: sorted({trajectories[t].sid for t, _ in entries}) for name, entries in plan.items()
+            },
+            "elements_not_in_train": unseen,
             "split_by": split_by if split == "paper" else None,
             "n_train": n_train if split == "paper" else None,
             "n_val": n_val if split == "paper" else None,

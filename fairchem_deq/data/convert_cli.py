@@ -2,16 +2,18 @@
 
 Writes <out>/<split>/data.lmdb and <out>/<split>/metadata.npz (plus <out>/conversion.json);
 each <out>/<split> directory can be used as a fairchem dataset `src` (format: lmdb). Exit codes:
-0 success, 2 bad input or impossible split (nothing written), 130 interrupted (nothing written).
+0 success, 2 bad input or impossible split (nothing written), 130 interrupted, 143 terminated
+(SIGTERM) (nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from fairchem_deq.data.convert import SPLIT_BY, SplitError, convert
-from fairchem_deq.data.readers import MAX_NUM_ELEMENTS, MOLECULE_CELL, DatasetFormatError
+from fairchem_deq.data.convert import SPLIT_BY, SPLIT_MODES, UnseenElementsWarning, convert
+from fairchem_deq.data.readers import MAX_NUM_ELEMENTS, MOLECULE_CELL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(kcal/mol) are converted with 1 kcal/mol = 0.0433641 eV; traj/extxyz are read as eV",
     )
     parser.add_argument(
-        "--split", default="paper", choices=["paper", "none"],
+        "--split", default="paper", choices=list(SPLIT_MODES),
         help="paper: n-train/n-val frames drawn at random, the rest is test in time order; "
-        "none: everything in one split named 'all' (default: paper)",
+        "none: everything in one split named 'all'; test: everything in 'test', for data "
+        "that is only evaluated (default: paper)",
     )
+    parser.add_argument("--test-only", dest="split", action="store_const", const="test",
+                        help="the same as --split test: all frames go to the test split, in time order")
     parser.add_argument("--n-train", type=int, default=950, help="training frames (or systems) (default: 950)")
     parser.add_argument("--n-val", type=int, default=50, help="validation frames (or systems) (default: 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
@@ -64,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    """Raises on bad input; `fairchem-deq` (fairchem_deq.command) turns that into rc 2."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         counts = convert(
             args.inputs,
             args.out,
@@ -81,12 +88,11 @@ def run(args: argparse.Namespace) -> int:
             molecule_cell=args.molecule_cell,
             max_num_elements=args.max_num_elements,
         )
-    except (DatasetFormatError, SplitError, FileExistsError) as exc:
-        print(f"fairchem-deq convert: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fairchem-deq convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    for w in caught:
+        if issubclass(w.category, UnseenElementsWarning):
+            print(f"fairchem-deq convert: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {args.out}")
     for name, count in counts.items():
         print(f"  {name}: {count} frames -> {args.out}/{name}/data.lmdb")

@@ -9,17 +9,16 @@ sibling and renamed into place only after it all succeeded.
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import lmdb
 import numpy as np
 import torch
 from ase import Atoms
+
+from fairchem_deq.outputs import atomic_directory  # noqa: F401  (re-exported: fairchem_deq.data)
 
 LMDB_NAME = "data.lmdb"
 METADATA_NAME = "metadata.npz"
@@ -37,7 +36,9 @@ def make_atoms_to_graphs():
 
 
 def atoms_to_data(atoms: Atoms, sid: int, fid: int, a2g=None):
-    """One frame -> torch_geometric Data with sid/fid LongTensors [1] and pbc as bool [1, 3].
+    """One frame -> torch_geometric Data with sid/fid LongTensors [1], pbc as bool [1, 3] and
+    `id` "<sid>_<fid>" (the S2EF naming; fairchem's LmdbDataset keeps it when `src` is the
+    data.lmdb file and replaces it by "<file index>_<entry index>" when `src` is a folder).
 
     pbc is stored [1, 3] (like cell [1, 3, 3]) so that a batch holds [B, 3], which is what
     fairchem's `radius_graph_pbc` indexes; AtomsToGraphs alone would give [3].
@@ -46,6 +47,7 @@ def atoms_to_data(atoms: Atoms, sid: int, fid: int, a2g=None):
     data.sid = torch.tensor([sid], dtype=torch.long)
     data.fid = torch.tensor([fid], dtype=torch.long)
     data.pbc = data.pbc.view(1, 3)
+    data.id = f"{sid}_{fid}"
     return data
 
 
@@ -93,46 +95,3 @@ def write_metadata(path: str | Path, natoms: np.ndarray, **per_entry: np.ndarray
     evaluation needs no pass over the data)."""
     with open(path, "wb") as handle:  # np.savez would append .npz to a name without it
         np.savez(handle, natoms=np.asarray(natoms, dtype=np.int32), **per_entry)
-
-
-@contextmanager
-def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling `<out>.tmp-<pid>`; rename it to `out` only if the body succeeds.
-
-    On any exception (KeyboardInterrupt included) the temporary directory and any parent
-    directories created for it are removed and `out` is left untouched. An existing `out` is
-    refused (FileExistsError) unless overwrite=True, in which case it is replaced only at the end.
-    """
-    out = Path(out).absolute()
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} already exists (use overwrite=True / --overwrite to replace it)")
-    created_parents = [p for p in reversed(out.parents) if not p.exists()]
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        yield tmp
-        if out.exists() or out.is_symlink():
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            _remove(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        _remove(tmp)
-        for parent in reversed(created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

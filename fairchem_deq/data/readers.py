@@ -21,6 +21,8 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
+from fairchem_deq.command import UserError
+
 # eV per unit; the keys are the spellings accepted for an npz's `e_unit` (lower-cased).
 ENERGY_UNITS_IN_EV: dict[str, float] = {
     "ev": 1.0,
@@ -46,7 +48,7 @@ SUFFIX_FORMATS = {".npz": "npz", ".extxyz": "extxyz", ".xyz": "extxyz", ".traj":
 NPZ_KEYS = ("R", "z", "E", "F")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ValueError, UserError):
     """An input file cannot be converted; the message names the file and the problem."""
 
     def __init__(self, path: str | Path, problem: str) -> None:

@@ -1,8 +1,8 @@
 """The `deq` block of the backbone config: solver, per-phase settings, gradient rule.
 
 Three phases have their own solver settings, as in the paper: `train`, `eval_cold`
-(evaluation from z0 = 0) and `eval_warm` (evaluation started from a previous fixed point,
-usually with a looser tolerance).
+(evaluation from z0 = 0) and `eval_warm` (evaluation started from a previous fixed point;
+the paper loosened its tolerance, the default here keeps the cold one).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class DEQConfig:
     solver: str = "anderson"
     train: SolveSettings = field(default_factory=SolveSettings)
     eval_cold: SolveSettings = field(default_factory=SolveSettings)
-    # the paper loosened the warm-start tolerance (1e-1); measured on ethanol that moves forces
-    # by 2-3 %, beyond the 1 % Markov bound, so the default keeps the cold tolerance
+    # the paper loosened the warm-start tolerance (1e-1); on ethanol that moves forces beyond
+    # the 1 % Markov bound (benchmarks/RESULTS.md), so the default keeps the cold tolerance
     eval_warm: SolveSettings = field(default_factory=SolveSettings)
     # "ift" (implicit differentiation) or an int k >= 1 (k-step phantom gradient)
     grad: str | int = "ift"
@@ -53,7 +53,7 @@ class DEQConfig:
     n_states: int = 1
     # extra keyword arguments of the TorchDEQ solver (anderson: m, lam, tau). TorchDEQ's
     # Anderson regulariser lam=1e-4 is absolute: at the residuals a force field needs it
-    # swamps the mixing (measured on ethanol: 58 iterations to 1e-6 vs 21 with 1e-8), so
+    # swamps the mixing (many more iterations to a tight tolerance), so
     # anderson defaults to lam=1e-8 unless set here.
     solver_kwargs: dict[str, Any] = field(default_factory=dict)
     # scale applied at initialisation to the output projections of each block's residual
@@ -87,6 +87,23 @@ class DEQConfig:
             self.solver_kwargs = {"lam": 1e-8, **self.solver_kwargs}
         if int(self.n_states) < 1:
             raise ValueError(f"DEQ n_states must be >= 1, got {self.n_states}")
+        for phase in PHASES:
+            self.check_iterations(phase, self.phase(phase))
+
+    def check_iterations(self, phase: str, settings: SolveSettings) -> None:
+        """TorchDEQ's Anderson evaluates f twice before its loop `range(2, max_iter)` and
+        returns the initial guess when that loop is empty. In evaluation the solver here
+        returns the best evaluated f(z) anyway; in training TorchDEQ's own result is used,
+        and the sliced core splits max_iter into n_states solves: each needs >= 3."""
+        if self.solver != "anderson" or phase != "train":
+            return
+        per_solve = settings.max_iter // int(self.n_states)
+        if per_solve < 3:
+            raise ValueError(
+                f"deq.train.max_iter {settings.max_iter} with n_states {self.n_states} gives "
+                f"Anderson solves of {per_solve} iteration(s); TorchDEQ's Anderson then returns "
+                f"its initial guess unchanged. Use max_iter >= {3 * int(self.n_states)}."
+            )
 
     @classmethod
     def from_dict(cls, cfg: dict | DEQConfig | None) -> DEQConfig:

@@ -128,7 +128,6 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
                 "TorchDEQ's implicit backward does not provide): set deq.grad to an int, e.g. 6. "
                 "Evaluation still differentiates z* implicitly (exact to deq.b_tol)."
             )
-        self.num_deq_blocks = num_layers
         _scale_branch_outputs(self.blocks, self.deq_config.branch_init_scale)
         self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_config)])
         self.num_layers = 1  # the parent's block loop calls the fixed-point layer once

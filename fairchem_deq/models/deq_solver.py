@@ -53,13 +53,18 @@ class _AllConverged(Exception):
 
 
 class _TrackedFunction:
-    """Wraps f: marks iterations for the solve scope, records per-structure residuals and,
-    in evaluation, stops the solver at the first evaluation where every structure meets
-    the tolerance (TorchDEQ's Anderson would otherwise spend at least 3 evaluations and
-    check only after the third: a warm start could never beat a cold one)."""
+    """Wraps f: marks iterations for the solve scope, records per-structure residuals and
+    keeps, per structure, the evaluated f(z) with the lowest residual (the state the solve
+    returns in evaluation, so that `converged` and the residuals describe exactly it).
+
+    Only the solver's own evaluations count: they run without autograd, whereas the
+    gradient rule's evaluations after the solve (TorchDEQ's phantom steps, the IFT's f(z*))
+    run with it. In evaluation the solve stops at the first evaluation where every structure
+    meets the tolerance (TorchDEQ's Anderson would otherwise spend at least 3 evaluations
+    and check only after the third: a warm start could never beat a cold one)."""
 
     def __init__(self, f, z0: torch.Tensor, settings: SolveSettings, scope: SolveScope,
-                 exit_early: bool = False):
+                 exit_early: bool = False, keep_best: bool = False):
         self.f, self.shape, self.settings, self.scope = f, z0.shape, settings, scope
         self.exit_early = exit_early
         self.recording = True
@@ -69,11 +74,12 @@ class _TrackedFunction:
         self.lowest = torch.full((rows,), float("inf"), device=device)
         self.abs_at_lowest = torch.full((rows,), float("inf"), device=device)
         self.rel_at_lowest = torch.full((rows,), float("inf"), device=device)
+        self.best = z0.detach().clone() if keep_best else None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         self.scope.start_iteration()
         fz = self.f(z.reshape(self.shape)).reshape(z.shape)
-        if self.recording:
+        if self.recording and not torch.is_grad_enabled():
             converged_now = self._record(z, fz)
             if self.exit_early and bool(converged_now.all()):
                 raise _AllConverged(fz)
@@ -91,11 +97,15 @@ class _TrackedFunction:
         self.lowest = torch.where(better, metric, self.lowest)
         self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
         self.rel_at_lowest = torch.where(better, rel, self.rel_at_lowest)
+        if self.best is not None:
+            rows = better.view(-1, *([1] * (self.best.dim() - 1)))
+            self.best = torch.where(rows, fz.detach().reshape(self.shape), self.best)
         return metric < self.settings.tol
 
     def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
-        converged = self.first_converged > 0
-        finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1)
+        """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
+        converged = self.lowest < self.settings.tol
+        finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
         return {
             "nstep": torch.where(converged, self.first_converged, self.nfe),
             "abs_residual": self.abs_at_lowest,
@@ -148,6 +158,7 @@ class StructureDEQSolver(nn.Module):
     def set_phase(self, phase: str, **changes) -> None:
         """Changes one phase's settings (max_iter, tol, stop_mode) after construction."""
         settings = SolveSettings(**{**vars(self.config.phase(phase)), **changes})
+        self.config.check_iterations(phase, settings)
         setattr(self.config, phase, settings)
         core = self.cores[f"phase_{phase}"]
         core.f_tol, core.f_stop_mode = settings.tol, settings.stop_mode
@@ -186,15 +197,19 @@ class StructureDEQSolver(nn.Module):
 
     def _solve(self, f, z0, phase, scope) -> DEQSolveResult:
         settings = self.config.phase(phase)
-        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=not self.training)
+        evaluating = not self.training
+        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating)
         scope.start_solve()
+        # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
+        # computed at construction, and a changed max_iter (set_phase) would be ignored
+        kwargs = dict(self.config.solver_kwargs, f_max_iter=settings.max_iter)
         try:
-            states, _ = self.cores[f"phase_{phase}"](
-                tracked, z0, solver_kwargs=dict(self.config.solver_kwargs)
-            )
-        except _AllConverged as done:
-            states = [done.fz]
+            states, _ = self.cores[f"phase_{phase}"](tracked, z0, solver_kwargs=kwargs)
+        except _AllConverged:
+            pass
         tracked.recording = False
+        if evaluating:  # the lowest-residual evaluation, which the statistics describe
+            states = [tracked.best]
         states = [s.reshape(z0.shape) for s in states]
         return DEQSolveResult(states[-1], states, tracked.stats(states[-1]))
 

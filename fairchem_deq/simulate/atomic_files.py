@@ -1,13 +1,6 @@
 """Output files are written under a hidden `.<name>.partial` sibling and renamed when
-complete, so an interrupted run never leaves a file that looks finished."""
+complete (see fairchem_deq.outputs, which also has the folder-level helpers)."""
 
-from __future__ import annotations
+from fairchem_deq.outputs import partial_path, staged_outputs, write_text_atomic
 
-from pathlib import Path
-
-
-def partial_path(path: str | Path) -> Path:
-    """The temporary sibling of `path` (its folder is created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.partial")
+__all__ = ["partial_path", "staged_outputs", "write_text_atomic"]

@@ -1,4 +1,8 @@
-"""Arguments shared by `fairchem-deq md` and `fairchem-deq relax`."""
+"""Arguments shared by `fairchem-deq md` and `fairchem-deq relax`, and their output folder.
+
+Both write named files into --out through `staged_outputs`: all appear at the end or none
+(error, Ctrl-C, SIGTERM), and a previous run's files are not replaced without --overwrite.
+"""
 
 from __future__ import annotations
 
@@ -18,24 +22,28 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
                              "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last")
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of a previous run in --out (default: refuse)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="show fairchem's INFO logging")
 
 
-def load_calculator_and_structure(args):
+def load_calculator_and_structure(args, **calculator_options):
     import os
 
     if not args.verbose:  # fairchem's setup_logging reads LOGLEVEL (it dumps the whole config at INFO)
         os.environ["LOGLEVEL"] = "WARNING"
+    from fairchem_deq.command import UserError
     from fairchem_deq.data.readers import read_frames
     from fairchem_deq.simulate.calculator import DEQCalculator
 
     frames = read_frames(args.structure)
     if not -len(frames) <= args.frame < len(frames):
-        raise SystemExit(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
+        raise UserError(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
     atoms = frames[args.frame].copy()
     atoms.calc = None
-    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start)
+    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start,
+                         **calculator_options)
     return calc, atoms
 
 

@@ -8,7 +8,6 @@ run never leaves a complete-looking file.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from fairchem_deq.simulate.atomic_files import partial_path
+from fairchem_deq.outputs import partial_path, write_csv_atomic
 
 LOG_FIELDS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K",
               "solver_iterations", "rel_residual", "max_force_eVA", "min_distance_A"]
@@ -132,7 +131,7 @@ def run_md(
     if traj_tmp:
         os.replace(traj_tmp, trajectory)
     if log:
-        _write_log(rows, Path(log))
+        write_csv_atomic(log, rows, LOG_FIELDS)
     iters = [r["solver_iterations"] for r in rows if r["solver_iterations"] is not None]
     drift = energy_drift(rows, len(atoms)) if ensemble == "nve" else None
     return MDReport(
@@ -156,10 +155,3 @@ def energy_drift(rows: list[dict], natoms: int) -> float | None:
     return float(np.polyfit(t_ps, etot, 1)[0] / natoms * 1000.0)
 
 
-def _write_log(rows: list[dict], path: Path) -> None:
-    tmp = partial_path(path)
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)

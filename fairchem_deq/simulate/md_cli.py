@@ -25,23 +25,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print energy, temperature and solver iterations every N steps")
 
 
+OUTPUTS = ("md.traj", "md_log.csv", "report.json")
+
+
 def run(args: argparse.Namespace) -> int:
+    from fairchem_deq.simulate.atomic_files import staged_outputs
     from fairchem_deq.simulate.md import run_md
 
-    calc, atoms = load_calculator_and_structure(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = run_md(
-        atoms, calc, ensemble=args.ensemble, timestep_fs=args.timestep, steps=args.steps,
-        temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
-        trajectory=out / "md.traj", log=out / "md_log.csv", max_force=args.max_force,
-        min_distance=args.min_distance, progress=not args.no_progress,
-    )
+    with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
+        calc, atoms = load_calculator_and_structure(args)
+        report = run_md(
+            atoms, calc, ensemble=args.ensemble, timestep_fs=args.timestep, steps=args.steps,
+            temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
+            trajectory=out / "md.traj", log=out / "md_log.csv", max_force=args.max_force,
+            min_distance=args.min_distance, progress=not args.no_progress,
+        )
+        summary = report.to_dict()
+        final = Path(args.out).absolute()
+        summary["trajectory"], summary["log"] = str(final / "md.traj"), str(final / "md_log.csv")
+        write_report(out, summary)
     if args.print_every:
         for row in report.rows[:: args.print_every]:
-            print(f"step {row['step']:6d}  Etot {row['etot_eV']:.4f} eV  T {row['temperature_K']:7.1f} K  "
+            print(f"step {row['step']:6d}  Etot {row['etot_eV']:.6f} eV  T {row['temperature_K']:7.1f} K  "
                   f"solver iterations {row['solver_iterations']}")
-    summary = report.to_dict()
-    write_report(out, summary)
     print(json.dumps(summary, indent=2))
     return 0

@@ -31,7 +31,7 @@ def check_dens_options(optim: dict) -> DenoisingPosParams:
     missing = [key for key in KEYS if key not in optim]
     if missing:
         raise ValueError(
-            f"DeNS training needs optim keys {missing} (see configs/includes/md/dens.yml); "
+            f"DeNS training needs optim keys {missing} (see configs/includes/md/deq1_dens.yml); "
             "set optim.use_denoising_pos: False to train without denoising"
         )
     if not isinstance(optim["use_denoising_pos"], bool):

@@ -3,9 +3,12 @@
 Overrides only the smallest methods: `_forward` (warm start from the cache, optional cold
 comparison, fixed-point-correction outputs), `_compute_loss` (adds the correction loss),
 `_compute_metrics` (adds solver statistics, so they reach fairchem's log line and its
-tensorboard/wandb logger), and `validate` / `predict` / `run_relaxations` (trajectory order,
-a fresh cache, a summary of solver statistics). Everything else, including checkpoints,
-resume, EMA, DDP and the LR schedule, is fairchem's.
+tensorboard/wandb logger), `_aggregate_metrics` (the same metric keys on every DDP rank),
+and `validate` / `predict` / `run_relaxations` (trajectory order, a fresh cache, a summary
+of solver statistics). Mixins shared with the explicit baselines' trainer: atomic checkpoints
+and a checkpoint at the end of every run (`training_run.py`), readout constants from the
+data (`readout_constants.py`), EMA warm-up (`ema_warmup.py`). Everything else, including
+the checkpoint contents, resume, DDP and the LR schedule, is fairchem's.
 """
 
 from __future__ import annotations
@@ -21,23 +24,35 @@ from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
+from . import float64_outputs
 from .deq_config import DEQEvalOptions, DEQTrainOptions, parse_options
-from .fixed_point_cache import FixedPointCache
+from .ema_warmup import EMAWarmupMixin
+from .readout_constants import ReadoutConstantsMixin
+from .relax_trajectories import record_initial_frames
+from .training_run import TrainingRunMixin
+from .ddp_metrics import aggregate_over_ranks
 from .solver_stats import SolverStatsAccumulator
 from .trajectory_sampler import TrajectoryBatchSampler, dataset_sids_fids
 
 
 @registry.register_trainer("deq_forces")
-class DEQForcesTrainer(EquiformerV2ForcesTrainer):
+class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, EquiformerV2ForcesTrainer):
     def __init__(self, *args, name: str = "s2ef", **kwargs):
+        # fairchem creates the run folders before it builds the model: check the DEQ blocks
+        # first, so a bad key is one clear error and leaves nothing behind
+        from fairchem_deq.config_check import check_config
+
+        check_config({"model": kwargs.get("model"), "task": kwargs.get("task"),
+                      "optim": kwargs.get("optimizer"), "trainer": f"{__name__}.DEQForcesTrainer"})
         # fairchem names the task "ocp" for any trainer it does not know (dotted paths
         # included), which drops the S2EF metrics and renames the prediction file.
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
         self.deq_eval = parse_options(DEQEvalOptions, self.config["task"].get("deq"), "task.deq")
         self.deq_train = parse_options(DEQTrainOptions, self.config["optim"].get("deq"), "optim.deq")
-        self.fixed_point_cache = FixedPointCache(self.deq_eval.cache_size, self.deq_eval.warm_start)
+        self.fixed_point_cache = self.deq_eval.make_cache()
         self.solver_stats = SolverStatsAccumulator()
         self._in_relaxation = False
+        self._segments: TrajectoryBatchSampler | None = None  # while a trajectory-ordered pass runs
         self._last_deq_metrics: dict = {}
         self._fpc_outputs: list[dict] = []
 
@@ -61,8 +76,8 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
     def _tie_force_normalizer(self) -> None:
         """Forces = -dE/dpos: in fairchem's normalised units that holds only if forces are
         scaled by the energy's rmsd (and have no offset). Fitted separately (the MD configs'
-        `forces: {mean: 0.0}`), ethanol's force rmsd is ~9x its energy rmsd, and the model
-        would be asked for an energy whose gradient is not its forces."""
+        `forces: {mean: 0.0}`) the two rmsds differ several-fold, and the model would be
+        asked for an energy whose gradient is not its forces."""
         from fairchem.core.modules.normalization.normalizer import Normalizer
 
         energy, forces = self.normalizers["energy"], self.normalizers.get("forces")
@@ -73,16 +88,8 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
                      f"rmsd {float(forces.rmsd):.6g}")
         self.normalizers["forces"] = Normalizer(mean=0.0, rmsd=energy.rmsd.detach().clone()).to(self.device)
 
-    def save(self, metrics=None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
-        """fairchem's save, written to a temporary name and renamed: a run killed while saving
-        (preemption, a time limit) keeps its previous complete checkpoint."""
-        partial = f".{checkpoint_file}.partial"
-        path = super().save(metrics, checkpoint_file=partial, training_state=training_state)
-        if path is None:
-            return None
-        final = os.path.join(os.path.dirname(path), checkpoint_file)
-        os.replace(path, final)
-        return final
+    def _aggregate_metrics(self, metrics):
+        return aggregate_over_ranks(metrics, self.device)
 
     def _reuse_now(self) -> bool:
         if self.model.training:
@@ -95,7 +102,10 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
         if "fixed_point" in batch:
             del batch.fixed_point
         reuse = self._reuse_now()
-        warm = self.fixed_point_cache.warm_start(batch) if reuse else None
+        keys = self._cache_keys(batch)
+        refused_before = self.fixed_point_cache.refused
+        warm, warm_rows = self.fixed_point_cache.warm_start_rows(batch, keys) if reuse else (None, None)
+        refused = self.fixed_point_cache.refused - refused_before if reuse else None
         cold_out = cold_stats = None
         if warm is not None and not self.model.training and self.deq_eval.compare_cold and not self._in_relaxation:
             cold_out = super()._forward(batch)
@@ -107,22 +117,41 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
         if "fixed_point" in batch:
             del batch.fixed_point  # keep fairchem's metric code away from it
         if reuse:
-            self.fixed_point_cache.store(batch, backbone_out["fixed_point"])
+            self.fixed_point_cache.store(batch, backbone_out["fixed_point"], keys)
+            if self._segments is not None or self._in_relaxation:
+                # lockstep: a system absent from this batch has ended (its trajectory
+                # segment, or its relaxation batch); keep only the current ones
+                self.fixed_point_cache.keep_only(keys)
         self._last_deq_metrics = self.solver_stats.add(
-            backbone_out["deq_stats"], warm=warm is not None, cold_stats=cold_stats,
+            backbone_out["deq_stats"], warm=warm_rows if warm is not None else None, cold_stats=cold_stats,
             forces=out.get("forces"), cold_forces=None if cold_out is None else cold_out.get("forces"),
-            natoms=batch.natoms,
+            natoms=batch.natoms, refused=refused,
         )
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
             self._fpc_outputs = [self._decode_state(s, backbone_out, batch) for s in backbone_out.get("deq_states", [])]
         return out
 
+    def _cache_keys(self, batch) -> list:
+        """Fixed-point cache keys: (sid, segment) in a trajectory-ordered pass, else sids."""
+        sids = batch.sid.tolist() if torch.is_tensor(batch.sid) else list(batch.sid)
+        if self._segments is None or "fid" not in batch:
+            return sids
+        return [self._segments.segment_key(sid, fid) for sid, fid in zip(sids, batch.fid.tolist())]
+
     def _decode_state(self, state, backbone_out, batch) -> dict:
-        """Head outputs for an intermediate solver state, mapped to targets like `_forward`."""
+        """Head outputs for an intermediate solver state, mapped to targets like `_forward`.
+        Heads that return a dict of several targets (`pass_through_head_outputs`, e.g. the
+        energy-gradient head's energy and forces) are merged as fairchem's HydraModel does."""
         emb = {"node_embedding": state, "graph": backbone_out["graph"]}
-        heads = self._unwrapped_model.output_heads
-        raw = {name: head(batch, emb) for name, head in heads.items()}
+        model = self._unwrapped_model
+        raw = {}
+        for name, head in model.output_heads.items():
+            result = head(batch, emb)
+            if getattr(model, "pass_through_head_outputs", False) and isinstance(result, dict):
+                raw.update(result)
+            else:
+                raw[name] = result
         outputs = {}
         for target, spec in self.output_targets.items():
             if target not in raw:
@@ -153,15 +182,17 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
             return loader
         sids, fids = dataset_sids_fids(loader.dataset)
         sampler = TrajectoryBatchSampler(
-            sids, fids, batch_size=loader.batch_sampler.batch_size
-            if hasattr(loader.batch_sampler, "batch_size") else 1,
+            sids, fids, batch_size=self.config["optim"].get("eval_batch_size", self.config["optim"]["batch_size"]),
             rank=distutils.get_rank(), world_size=distutils.get_world_size(),
         )
+        self._segments = sampler
         return self.get_dataloader(loader.dataset, sampler)
 
     def _start_evaluation(self):
         self.fixed_point_cache.clear()
+        self.fixed_point_cache.reset_counters()
         self.solver_stats.reset()
+        self._segments = None
 
     def validate(self, split: str = "val", disable_tqdm: bool = False):
         self._start_evaluation()
@@ -172,19 +203,33 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
             metrics = super().validate(split=split, disable_tqdm=disable_tqdm)
         finally:
             setattr(self, attr, original)
-        summary = self._summarise(f"validate:{split}")
+            self._segments = None
+            self.fixed_point_cache.clear()
+        summary = self._summarise(f"validate:{split}", split)
         for key in ("deq_nstep_max", "deq_nstep_cold_max"):
             if key in summary:
                 metrics[key] = {"metric": summary[key], "total": summary[key], "numel": 1}
         return metrics
+
+    # ---- float64 energies (fairchem_deq/trainers/float64_outputs.py) ------------------
+    def _denorm_preds(self, target_key, prediction, batch):
+        return float64_outputs.denorm_preds(self, super()._denorm_preds, target_key, prediction, batch)
+
+    def save_results(self, predictions, results_file, keys=None):
+        return super().save_results(float64_outputs.restore_float64(self, predictions), results_file, keys)
 
     def predict(self, data_loader, per_image: bool = True, results_file: str | None = None,
                 disable_tqdm: bool = False):
         if not isinstance(data_loader, torch.utils.data.DataLoader):
             return super().predict(data_loader, per_image, results_file, disable_tqdm)
         self._start_evaluation()
-        predictions = super().predict(self._trajectory_loader(data_loader), per_image,
-                                      results_file, disable_tqdm)
+        float64_outputs.collect(self)  # float64 energies in the prediction file (save_results)
+        try:
+            predictions = super().predict(self._trajectory_loader(data_loader), per_image,
+                                          results_file, disable_tqdm)
+        finally:
+            self._segments = None
+            self.fixed_point_cache.clear()
         self._summarise("predict", results_file)
         return predictions
 
@@ -193,15 +238,25 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
         self._in_relaxation = True
         try:
             super().run_relaxations()
+            record_initial_frames(self)
         finally:
             self._in_relaxation = False
+            self.fixed_point_cache.clear()
         self._summarise("relaxations", "relaxations")
 
     def _summarise(self, what: str, results_file: str | None = None) -> dict:
         summary = self.solver_stats.summary(reduce_max=_all_reduce_max, reduce_sum=_all_reduce_sum,
                                             device=self.device)
-        summary["cache_hits"], summary["cache_misses"] = (
-            self.fixed_point_cache.hits, self.fixed_point_cache.misses)
+        cache = self.fixed_point_cache
+        summary["cache_hits"] = _all_reduce_sum(float(cache.hits), self.device)
+        summary["cache_misses"] = _all_reduce_sum(float(cache.misses), self.device)
+        summary["cache_refused"] = _all_reduce_sum(float(cache.refused), self.device)
+        if summary.get("deq_markov_dev_mean", 0.0) > MARKOV_WARNING:
+            logging.warning(
+                "DEQ warm-started forces differ from cold-started ones by %.1f %% on average "
+                "(max %.1f %%): the warm start changes the answer. Tighten deq.eval_warm.tol, "
+                "lower task.deq.reuse_max_displacement, or set task.deq.reuse: False.",
+                100 * summary["deq_markov_dev_mean"], 100 * summary["deq_markov_dev_max"])
         if distutils.is_master() and summary:
             logging.info("DEQ solver statistics (%s): %s", what,
                          ", ".join(f"{k}: {v:.4g}" for k, v in summary.items()))
@@ -215,6 +270,10 @@ class DEQForcesTrainer(EquiformerV2ForcesTrainer):
                 tmp.write_text(json.dumps(summary, indent=2))
                 os.replace(tmp, path)
         return summary
+
+
+# warm-vs-cold force deviation (mean) above which an evaluation warns
+MARKOV_WARNING = 0.05
 
 
 def _has_energy_gradient_forces(model_config: dict) -> bool:

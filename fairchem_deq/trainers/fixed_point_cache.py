@@ -1,29 +1,46 @@
 """Per-system memory of recent fixed points, so the next frame can start from them.
 
-Keyed by system id (`sid`); per system a `FixedPointHistory` of the last fixed points and
-their frame ids (`fid`): the warm start is the history's prediction for the next frame
-(`warm_start=`: "last" copies the latest fixed point; "linear", "quadratic", "aspc"
-extrapolate, see `fairchem_deq.warm_start`; memory grows with the predictor's history
-length). A system whose atoms (count, species) changed starts a new history. Bounded: beyond
-`max_systems` the least recently used system is evicted. Tensors stay on the device they
-were computed on. Under DDP each rank has its own cache of the systems it saw; a miss is
-simply a cold start.
+Keyed by system (a `sid`, or `(sid, segment)` when a long trajectory is split into segments
+for evaluation); per key a `FixedPointHistory` of the last fixed points and their frame ids
+(`fid`): the warm start is the history's prediction for the next frame (`warm_start=`:
+"last" copies the latest fixed point; "linear", "quadratic", "aspc" extrapolate, see
+`fairchem_deq.warm_start`).
+
+A stored fixed point is reused only where it is a good guess: the same atoms (count and
+species, in order) and a structure close to the one it was solved for (every atom within
+`max_displacement` Å of its position then, under the minimum image for periodic cells).
+Anything else is refused, counted in `refused`, and the system starts a new history.
+
+Memory is bounded twice: by the number of systems and by bytes (`max_mb`); beyond either the
+least recently used system is evicted. Entries hold copies, never views, so a cached system
+does not pin the whole batch tensor it came from. Callers that know a system is finished
+(the trajectory sampler passed its last frame, a relaxation batch ended) drop it with
+`keep_only`. Tensors stay on the device they were computed on. Under DDP each rank has its
+own cache of the systems it saw; a miss is simply a cold start.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from fairchem_deq.warm_start import FixedPointHistory, get_predictor
 
+# MD steps (0.5 fs: <= 0.03 Å) and optimiser steps (fairchem's LBFGS: <= 0.04 Å, ASE's BFGS:
+# <= 0.2 Å) pass; unrelated frames of a molecule move atoms by far more (measurements:
+# benchmarks/RESULTS.md, "Reuse displacement bound")
+DEFAULT_MAX_DISPLACEMENT = 0.25
+
 
 @dataclass
 class CachedFixedPoint:
     history: FixedPointHistory  # fixed points [n_atoms, (lmax+1)^2, C], newest last
     atomic_numbers: torch.Tensor
+    positions: torch.Tensor | None = None  # [n_atoms, 3] the newest fixed point was solved for
+    nbytes: int = 0
 
     @property
     def fid(self):
@@ -34,78 +51,146 @@ class CachedFixedPoint:
         return self.history.latest
 
 
-def _same_atoms(entry: CachedFixedPoint | None, atomic_numbers: torch.Tensor) -> bool:
-    """Whether `entry` exists and holds the same atoms (count and species, in order)."""
-    return entry is not None and torch.equal(
-        entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device))
+def max_displacement(pos: torch.Tensor, ref: torch.Tensor, cell: torch.Tensor | None = None,
+                     pbc: torch.Tensor | None = None) -> float:
+    """Largest per-atom |pos - ref| (Å), under the minimum image along periodic cell axes."""
+    diff = pos.detach().double() - ref.detach().double().to(pos.device)
+    if cell is not None and pbc is not None and bool(torch.as_tensor(pbc).any()):
+        cell = cell.detach().double().reshape(3, 3).to(pos.device)
+        frac = diff @ torch.linalg.inv(cell)
+        periodic = torch.as_tensor(pbc, dtype=torch.bool, device=pos.device).reshape(3)
+        frac = torch.where(periodic, frac - torch.round(frac), frac)
+        diff = frac @ cell
+    return float(diff.norm(dim=1).max()) if len(diff) else 0.0
 
 
 class FixedPointCache:
-    def __init__(self, max_systems: int = 10000, warm_start: str = "last"):
+    def __init__(self, max_systems: int = 10000, warm_start: str = "last", max_mb: float = 1024.0,
+                 max_displacement: float | None = DEFAULT_MAX_DISPLACEMENT):
         if max_systems < 1:
             raise ValueError(f"fixed-point cache size must be >= 1, got {max_systems}")
+        if not max_mb > 0:
+            raise ValueError(f"fixed-point cache_mb must be > 0, got {max_mb}")
+        if max_displacement is not None and not max_displacement > 0:
+            raise ValueError(f"reuse_max_displacement must be > 0 (Å) or None, got {max_displacement}")
         self.max_systems = int(max_systems)
+        self.max_bytes = int(max_mb * 2**20)
+        self.max_displacement = max_displacement
         self.predictor = get_predictor(warm_start).name
-        self._entries: OrderedDict[int, CachedFixedPoint] = OrderedDict()
+        self._entries: OrderedDict[Hashable, CachedFixedPoint] = OrderedDict()
+        self.nbytes = 0  # bytes of tensor storage held by the entries
         self.hits = 0
         self.misses = 0
+        self.refused = 0  # entries for the same atoms not reused: the structure moved too far
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
     def clear(self) -> None:
         self._entries.clear()
+        self.nbytes = 0
+
+    def reset_counters(self) -> None:
+        self.hits = self.misses = self.refused = 0
 
     def use_predictor(self, warm_start: str) -> None:
         """Switch the warm-start predictor (forgets every history)."""
         self.predictor = get_predictor(warm_start).name
         self.clear()
 
-    def get(self, sid, atomic_numbers: torch.Tensor) -> CachedFixedPoint | None:
-        """The entry for `sid` if it describes the same atoms (count and species), else None."""
-        entry = self._entries.get(sid)
-        if not _same_atoms(entry, atomic_numbers):
+    def evict(self, key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
+
+    def keep_only(self, keys: Iterable) -> None:
+        """Drops every system not in `keys` (those whose trajectories have ended)."""
+        keep = set(keys)
+        for key in [k for k in self._entries if k not in keep]:
+            self.evict(key)
+
+    def get(self, key, atomic_numbers: torch.Tensor, positions: torch.Tensor | None = None,
+            cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None) -> CachedFixedPoint | None:
+        """The entry for `key` if it holds the same atoms and (given `positions`) the structure
+        is within the displacement bound; else None (a refused entry is dropped)."""
+        entry = self._entries.get(key)
+        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
             self.misses += 1
             return None
-        self._entries.move_to_end(sid)
+        if (positions is not None and entry.positions is not None and self.max_displacement is not None
+                and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement):
+            self.refused += 1
+            self.evict(key)
+            return None
+        self._entries.move_to_end(key)
         self.hits += 1
         return entry
 
-    def put(self, sid, fid: int | None, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor) -> None:
-        """Adds a fixed point to `sid`'s history (fid None or < 0: unknown, taken as the next frame)."""
-        entry = self._entries.get(sid)
-        if not _same_atoms(entry, atomic_numbers):
-            entry = self._entries[sid] = CachedFixedPoint(FixedPointHistory(self.predictor), atomic_numbers.detach())
-        entry.history.push(fixed_point, _frame_id(fid))
-        self._entries.move_to_end(sid)
-        while len(self._entries) > self.max_systems:
-            self._entries.popitem(last=False)
+    def put(self, key, fid: int | None, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor,
+            positions: torch.Tensor | None = None) -> None:
+        """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
+        the next frame). `positions` are those it was solved for (the reuse check)."""
+        entry = self._entries.get(key)
+        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
+            self.evict(key)
+            entry = self._entries[key] = CachedFixedPoint(
+                FixedPointHistory(self.predictor), atomic_numbers.detach().clone())
+        entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
+        entry.positions = None if positions is None else positions.detach().clone()
+        self.nbytes -= entry.nbytes
+        entry.nbytes = _entry_bytes(entry)
+        self.nbytes += entry.nbytes
+        self._entries.move_to_end(key)
+        while self._entries and (len(self._entries) > self.max_systems or self.nbytes > self.max_bytes):
+            self.evict(next(iter(self._entries)))
 
-    def warm_start(self, batch) -> torch.Tensor | None:
+    def warm_start(self, batch, keys: Sequence | None = None) -> torch.Tensor | None:
         """Initial guess for a whole batch: each system's predicted fixed point, zeros (= cold)
-        for misses. Returns None when no structure of the batch has a usable entry.
-        """
-        parts, any_hit = [], False
-        sids = _as_list(batch.sid)
+        for misses and refusals. Returns None when no structure of the batch has a usable
+        entry. `keys` default to the batch's sids."""
+        return self.warm_start_rows(batch, keys)[0]
+
+    def warm_start_rows(self, batch, keys: Sequence | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """`warm_start` and a bool tensor [n_structures]: which structures were warm-started."""
+        keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
+        parts, any_hit = [], False
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            entry = self.get(sids[i], batch.atomic_numbers[start:start + n].long())
+            entry = self.get(keys[i], batch.atomic_numbers[start:start + n].long(),
+                             batch.pos[start:start + n], *_cell_pbc(batch, i))
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
             any_hit |= entry is not None
+        rows = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         if not any_hit:
-            return None
+            return None, rows
         template = next(p for p in parts if p is not None)
         return torch.cat([
             p if p is not None else template.new_zeros((n, *template.shape[1:]))
             for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
-        ])
+        ]), rows
 
-    def store(self, batch, fixed_point: torch.Tensor) -> None:
-        sids = _as_list(batch.sid)
+    def store(self, batch, fixed_point: torch.Tensor, keys: Sequence | None = None) -> None:
+        keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            self.put(sids[i], fids[i] if fids else None, fixed_point[start:start + n],
-                     batch.atomic_numbers[start:start + n].long())
+            self.put(keys[i], fids[i] if fids else None, fixed_point[start:start + n],
+                     batch.atomic_numbers[start:start + n].long(), batch.pos[start:start + n])
+
+
+def _entry_bytes(entry: CachedFixedPoint) -> int:
+    tensors = [*entry.history.points, entry.atomic_numbers]
+    if entry.positions is not None:
+        tensors.append(entry.positions)
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def _cell_pbc(batch, i: int):
+    cell = batch.cell[i] if "cell" in batch else None
+    pbc = batch.pbc[i] if "pbc" in batch and batch.pbc is not None else None
+    return cell, pbc
 
 
 def _atom_ranges(natoms: torch.Tensor):

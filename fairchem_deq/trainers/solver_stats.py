@@ -3,14 +3,19 @@
 `add` turns one batch's per-structure DEQ statistics into fairchem metric entries
 ({"total", "numel"} dicts that fairchem's Evaluator averages and its logger records) and
 keeps the totals and maxima for an end-of-pass summary, which `summary` reduces over
-DDP ranks.
+DDP ranks. Every rank holds every statistic in `STATISTICS` (empty ones count 0), so all
+ranks issue the same collectives in the same order whatever frames they saw.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
+
+# nstep: solver evaluations per structure; *_warm / fallback: warm-started structures only;
+# nstep_cold / markov_dev: the optional cold comparison; reuse_refused: cached fixed points
+# not reused because the structure moved beyond the displacement bound
+STATISTICS = ("fallback", "markov_dev", "nonconverged", "nstep", "nstep_cold", "nstep_warm",
+              "rel_residual", "reuse_refused")
 
 
 def _per_structure_force_deviation(forces, cold_forces, natoms) -> torch.Tensor:
@@ -28,9 +33,9 @@ class SolverStatsAccumulator:
         self.reset()
 
     def reset(self):
-        self.sums = defaultdict(float)
-        self.counts = defaultdict(int)
-        self.maxima = defaultdict(float)
+        self.sums = dict.fromkeys(STATISTICS, 0.0)
+        self.counts = dict.fromkeys(STATISTICS, 0)
+        self.maxima = dict.fromkeys(STATISTICS, 0.0)
 
     def _acc(self, key: str, values: torch.Tensor) -> dict:
         values = values.detach().double().flatten()
@@ -41,34 +46,49 @@ class SolverStatsAccumulator:
             self.maxima[key] = max(self.maxima[key], float(values.max()))
         return {"total": total, "numel": numel}
 
-    def add(self, stats: dict, warm: bool, cold_stats: dict | None = None, forces=None,
-            cold_forces=None, natoms=None) -> dict:
+    def add(self, stats: dict, warm, cold_stats: dict | None = None, forces=None,
+            cold_forces=None, natoms=None, refused: int | None = None) -> dict:
+        """`warm`: which structures were warm-started (bool tensor [n]; True/False for all;
+        None: none). The warm-only statistics (nstep_warm, fallback) and the cold comparison
+        (nstep_cold, markov_dev) cover those structures only. `refused`: how many structures
+        of the batch had a cached fixed point that was not reused (reported per structure of
+        the batch, as a fraction)."""
+        n = len(stats["nstep"])
+        if warm is None or isinstance(warm, bool):
+            warm = torch.full((n,), bool(warm), dtype=torch.bool)
+        warm = warm.to(stats["nstep"].device)
         metrics = {
             "deq_nstep": self._acc("nstep", stats["nstep"]),
             "deq_rel_residual": self._acc("rel_residual", stats["rel_residual"]),
             "deq_nonconverged": self._acc("nonconverged", (~stats["converged"]).double()),
         }
-        if warm:
-            metrics["deq_nstep_warm"] = self._acc("nstep_warm", stats["nstep"])
-            metrics["deq_fallback"] = self._acc("fallback", stats["fallback"].double())
-        if cold_stats is not None:
-            metrics["deq_nstep_cold"] = self._acc("nstep_cold", cold_stats["nstep"])
-        if forces is not None and cold_forces is not None:
-            dev = _per_structure_force_deviation(forces, cold_forces, natoms)
-            metrics["deq_markov_dev"] = self._acc("markov_dev", dev)
+        if refused is not None:
+            flags = torch.zeros(n, dtype=torch.float64)
+            flags[:refused] = 1.0
+            metrics["deq_reuse_refused"] = self._acc("reuse_refused", flags)
+        if bool(warm.any()):
+            metrics["deq_nstep_warm"] = self._acc("nstep_warm", stats["nstep"][warm])
+            metrics["deq_fallback"] = self._acc("fallback", stats["fallback"][warm].double())
+            if cold_stats is not None:
+                metrics["deq_nstep_cold"] = self._acc("nstep_cold", cold_stats["nstep"][warm])
+            if forces is not None and cold_forces is not None:
+                dev = _per_structure_force_deviation(forces, cold_forces, natoms)
+                metrics["deq_markov_dev"] = self._acc("markov_dev", dev[warm.to(dev.device)])
         return metrics
 
     def summary(self, reduce_max=None, reduce_sum=None, device=None) -> dict:
         reduce_max = reduce_max or (lambda v, d: v)
         reduce_sum = reduce_sum or (lambda v, d: v)
         out = {}
-        for key in sorted(self.sums):
+        for key in STATISTICS:  # the same keys, in the same order, on every rank
             n = reduce_sum(float(self.counts[key]), device)
+            total = reduce_sum(self.sums[key], device)
+            largest = reduce_max(self.maxima[key], device)
             if n == 0:
                 continue
-            out[f"deq_{key}_mean"] = reduce_sum(self.sums[key], device) / n
-            out[f"deq_{key}_max"] = reduce_max(self.maxima[key], device)
+            out[f"deq_{key}_mean"] = total / n
+            out[f"deq_{key}_max"] = largest
             out[f"deq_{key}_count"] = n
-        if "nstep" in self.sums:
-            out["deq_nstep_total"] = reduce_sum(self.sums["nstep"], device)
+            if key == "nstep":
+                out["deq_nstep_total"] = total
         return out

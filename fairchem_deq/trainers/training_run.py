@@ -1,0 +1,55 @@
+"""What every fairchem-deq trainer adds to fairchem's training run, as one mixin:
+
+- `save` writes to a hidden temporary name and renames: fairchem 1.10 saves in place, and a
+  run killed while saving (preemption, a time limit) kept a corrupt `checkpoint.pt`;
+- `train` always ends with `checkpoint.pt` of its last step: fairchem saves only every
+  `checkpoint_every` (default: `eval_every`) steps, and a shorter run left none;
+- `load_extras` refuses a warm-up shorter than one step with a message: fairchem's
+  EquiformerV2 scheduler turns `warmup_epochs` into int(warmup_epochs * steps per epoch)
+  and divides by it (ZeroDivisionError deep inside the scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+class TrainingRunMixin:
+    _last_saved_step: int | None = None
+
+    def save(self, metrics=None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
+        partial = f".{checkpoint_file}.partial"
+        path = super().save(metrics, checkpoint_file=partial, training_state=training_state)
+        if path is None:
+            return None
+        final = os.path.join(os.path.dirname(path), checkpoint_file)
+        os.replace(path, final)
+        if checkpoint_file == "checkpoint.pt":
+            self._last_saved_step = self.step
+        return final
+
+    def train(self, disable_eval_tqdm: bool = False) -> None:
+        super().train(disable_eval_tqdm=disable_eval_tqdm)
+        if self._last_saved_step != self.step:
+            path = self.save(checkpoint_file="checkpoint.pt", training_state=True)
+            if path is not None:
+                logging.info("Final checkpoint (step %d): %s", self.step, path)
+
+    def load_extras(self) -> None:
+        check_warmup(self.config["optim"], self.train_loader)
+        super().load_extras()
+
+
+def check_warmup(optim: dict, train_loader) -> None:
+    """A warm-up that fairchem's scheduler would turn into 0 steps is an error that says which
+    values work."""
+    warmup = (optim.get("scheduler_params") or {}).get("warmup_epochs")
+    if train_loader is None or not isinstance(warmup, (int, float)) or warmup <= 0:
+        return
+    steps = len(train_loader)
+    if int(warmup * steps) == 0:
+        raise ValueError(
+            f"optim.scheduler_params.warmup_epochs={warmup} is less than one of the {steps} training "
+            f"steps per epoch; set it to 0 (no warm-up) or to at least {1 / steps:.4g}."
+        )
