@@ -270,7 +270,9 @@ class Trained:
     """A checkpoint loaded through fairchem's calculators; `predict` runs the bare Hydra model
     (batch 1, no autograd) and denormalises to eV, so DEQ and explicit models share one path."""
 
-    def __init__(self, name: str, path: Path | None = None):
+    def __init__(self, name: str, path: Path | None = None, ema: bool = False):
+        """`ema`: evaluate the checkpoint's EMA weights (fairchem's calculators load a checkpoint
+        in inference-only mode and drop the EMA: by default the raw weights are evaluated)."""
         import logging
 
         from fairchem.core.common.relaxation.ase_utils import OCPCalculator
@@ -286,9 +288,9 @@ class Trained:
                                  seed=0)
         logging.getLogger().setLevel(max(level, logging.WARNING))
         trainer = calc.trainer
-        if trainer.ema is not None:
-            trainer.ema.copy_to()
         self.model = trainer._unwrapped_model.eval()
+        if ema:
+            _load_ema_weights(self.model, path or checkpoint(name))
         if not self.is_deq:
             self.model.backbone.direct_forces = True  # explicit backbone: no autograd in inference
         self.normalizers = trainer.normalizers
@@ -320,3 +322,17 @@ class Trained:
             fp = last["fixed_point"]
             stats = {k: float(v.reshape(-1)[0]) for k, v in last["deq_stats"].items() if v.dim() <= 1}
         return float(energy.reshape(-1)[0]), forces.reshape(-1, 3).numpy(), fp, stats
+
+
+def _load_ema_weights(model, path: Path) -> None:
+    """Copies the checkpoint's EMA shadow parameters into `model` (as fairchem's validation
+    does with `ema.copy_to()` during training)."""
+    import torch
+    from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not state.get("ema"):
+        raise ValueError(f"{path} holds no EMA weights")
+    ema = ExponentialMovingAverage(model.parameters(), decay=float(state["ema"]["decay"]))
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(model.parameters())

@@ -106,3 +106,22 @@ def test_elements_only_in_val_or_test_are_reported(tmp_path, capsys):
                  "--n-train", "1", "--n-val", "0", "--seed", "1", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "fairchem-deq convert: warning: test has element(s)" in err
+
+
+def test_conversion_records_the_readout_constants_of_each_split(tmp_path):
+    """Mean atoms per structure and neighbours per atom at the shipped graph (molecules 5 Å /
+    1000 neighbours, periodic OC20 slabs 12 Å / 20): what `avg_num_nodes: auto` measures."""
+    import json
+
+    from conftest import DATA
+
+    from fairchem_deq.data import convert
+
+    convert(DATA / "md17_ethanol_300.npz", tmp_path / "eth", n_train=64, n_val=8, progress=False)
+    graphs = json.loads((tmp_path / "eth" / "conversion.json").read_text())["graph_statistics"]
+    assert set(graphs) == {"train", "val", "test"}
+    assert graphs["train"]["avg_num_nodes"] == 9.0 and graphs["train"]["avg_degree"] == 8.0
+    assert (graphs["train"]["cutoff"], graphs["train"]["max_neighbors"]) == (5.0, 1000)
+    convert(DATA / "random1000156.traj", tmp_path / "slab", split="none", oc20_tags=True, progress=False)
+    slab = json.loads((tmp_path / "slab" / "conversion.json").read_text())["graph_statistics"]["all"]
+    assert slab["avg_num_nodes"] == 49.0 and slab["avg_degree"] == 20.0 and slab["cutoff"] == 12.0

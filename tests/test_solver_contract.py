@@ -103,3 +103,21 @@ def test_returned_state_is_the_one_the_statistics_describe():
         assert float(result.stats["rel_residual"][row]) == pytest.approx(rel, rel=1e-5, abs=1e-12)
         assert bool(result.stats["converged"][row]) == (rel < 1e-5)
     assert int(result.stats["nstep"][0]) == 1
+
+
+def test_a_solver_registered_in_torchdeq_is_accepted_by_name():
+    """deq.solver was checked against a closed tuple; TorchDEQ's registry is the source."""
+    from torchdeq.solver import fixed_point_iter, register_solver
+
+    with pytest.raises(ValueError, match="Unknown DEQ solver 'damped_fp'.*anderson.*broyden"):
+        _solver(solver="damped_fp")
+
+    def damped_fp(func, x0, **kwargs):
+        return fixed_point_iter(func, x0, **{**kwargs, "tau": 0.8})
+
+    register_solver("damped_fp", damped_fp)
+    f = Contraction()
+    solver = _solver(solver="damped_fp", eval_cold={"max_iter": 60, "tol": 1e-5}).eval()
+    with torch.no_grad():
+        result = solver(f, _z0(), warm=False, scope=SolveScope([]))
+    assert result.stats["converged"].all() and int(result.stats["nfe"]) > 1

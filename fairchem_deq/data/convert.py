@@ -176,6 +176,18 @@ def elements_not_in_train(trajectories: Sequence[Trajectory], plan: dict) -> dic
     return {name: [chemical_symbols[z] for z in zs] for name, zs in unseen.items() if zs}
 
 
+def _graph_statistics(trajectories, entries, a2g, sample: int = 1000):
+    """Mean atoms and neighbours of a split (evenly spaced sample), at the molecule graph
+    (5 Å, 1000 neighbours) for non-periodic frames and OC20's (12 Å, 20) for periodic ones."""
+    from fairchem_deq.data.graph_stats import MOLECULE_GRAPH, OC20_GRAPH, graph_statistics, sample_indices
+
+    chosen = [entries[int(i)] for i in sample_indices(len(entries), sample)]
+    frames = [trajectories[t].frames[fid] for t, fid in chosen]
+    cutoff, cap = OC20_GRAPH if any(a.pbc.any() for a in frames) else MOLECULE_GRAPH
+    items = [atoms_to_data(a, trajectories[t].sid, fid, a2g) for a, (t, fid) in zip(frames, chosen)]
+    return graph_statistics(items, cutoff, cap)
+
+
 def convert(
     inputs: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -269,6 +281,13 @@ def convert(
             "seed": seed if split == "paper" else None,
             "oc20_tags": oc20_tags,
             "counts": counts,
+            # EquiformerV2's readout constants of each split (avg_num_nodes, avg_degree) at the
+            # graph of the shipped configs: configs set them to `auto` and the trainer
+            # measures the training set the same way (fairchem_deq.data.graph_stats)
+            "graph_statistics": {
+                name: _graph_statistics(trajectories, entries, a2g).as_dict()
+                for name, entries in plan.items() if entries
+            },
         }
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return counts

@@ -94,6 +94,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {args.out}")
+    graphs = _graph_statistics(args.out)
     for name, count in counts.items():
         print(f"  {name}: {count} frames -> {args.out}/{name}/data.lmdb")
+        if name in graphs:
+            g = graphs[name]
+            print(f"    mean atoms per structure {g['avg_num_nodes']:.4g}, mean neighbours per atom "
+                  f"{g['avg_degree']:.4g} (cutoff {g['cutoff']:g} Å, at most {g['max_neighbors']})")
     return 0
+
+
+def _graph_statistics(out) -> dict:
+    import json
+    from pathlib import Path
+
+    info = Path(out) / "conversion.json"
+    return json.loads(info.read_text()).get("graph_statistics", {}) if info.is_file() else {}

@@ -11,7 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SOLVERS = ("anderson", "broyden", "fixed_point_iter")
+
+
+def registered_solvers() -> list[str]:
+    """The solver names TorchDEQ's registry knows now (`torchdeq.solver.register_solver`
+    adds one), so a solver registered there is accepted by `deq.solver`."""
+    from torchdeq import solver
+
+    return sorted(solver._solvers)  # TorchDEQ 0.1.0 exposes its registry only as this dict
+
 STOP_MODES = ("rel", "abs")
 PHASES = ("train", "eval_cold", "eval_warm")
 ON_DIVERGE = ("raise", "warn")
@@ -68,10 +76,12 @@ class DEQConfig:
     on_diverge: str = "raise"
 
     def __post_init__(self):
+        solvers = registered_solvers()
         for name in ("solver", "b_solver"):
-            if getattr(self, name) not in SOLVERS:
+            if getattr(self, name) not in solvers:
                 raise ValueError(
-                    f"Unknown DEQ {name} {getattr(self, name)!r}; choose one of {list(SOLVERS)}"
+                    f"Unknown DEQ {name} {getattr(self, name)!r}; choose one of {solvers} "
+                    "(TorchDEQ's solver registry: torchdeq.solver.register_solver adds one)"
                 )
         for phase in PHASES:
             value = getattr(self, phase)
