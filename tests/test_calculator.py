@@ -128,6 +128,22 @@ def test_md_reports_the_step_it_became_unphysical_and_nvt_runs(calc, tmp_path):
         run_md(ethanol_atoms([0])[0], calc, ensemble="npt", steps=1)
 
 
+def test_md_stops_at_the_first_stretched_bond_and_names_it(calc):
+    from fairchem_deq import run_md
+    from fairchem_deq.simulate.md import covalent_bonds
+
+    ethanol = ethanol_atoms([0])[0]
+    bonds, lengths = covalent_bonds(ethanol)
+    assert len(bonds) == 8 and lengths.max() < 1.6  # C-C, C-O, O-H and five C-H bonds
+    # 500 K velocities move atoms ~0.01 Å per 0.5 fs step: a 1e-4 Å bound is broken at step 1
+    report = run_md(ethanol, calc, ensemble="nvt", steps=20, temperature_K=500, progress=False,
+                    max_bond_stretch=1e-4)
+    assert report.unphysical_step == 1 and report.unphysical_reason.startswith("bond ")
+    assert "from its starting length" in report.unphysical_reason
+    stable = run_md(ethanol, calc, steps=3, progress=False, max_bond_stretch=0.5)
+    assert stable.unphysical_step is None and stable.steps_run == 3
+
+
 def test_interrupted_md_leaves_no_trajectory(calc, tmp_path, monkeypatch):
     from fairchem_deq import run_md
 

@@ -80,7 +80,8 @@ def test_multi_node_job_and_fairchem_configs(tmp_path, capsys):
 
 
 def test_config_selection_errors(tmp_path, capsys):
-    assert [p.stem for p in sweep.expand_configs([MD22 / "dha"])] == ["deq1", "deq1_conservative", "deq2", "eqv2_4l", "eqv2_8l"]
+    assert [p.stem for p in sweep.expand_configs([MD22 / "dha"])] == [
+        "deq1", "deq1_conservative", "deq1_paper", "deq2", "deq2_paper", "eqv2_4l", "eqv2_8l"]
     # includes/ folders are never runs
     assert not [p for p in sweep.expand_configs([REPO / "configs"]) if "includes" in p.parts]
     with pytest.raises(ValueError, match="deq3"):

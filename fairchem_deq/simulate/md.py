@@ -53,6 +53,26 @@ def _min_distance(atoms: Atoms) -> float:
     return float(d[np.triu_indices(len(atoms), 1)].min())
 
 
+def covalent_bonds(atoms: Atoms, mult: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """Bonded pairs (i < j) of a structure by ASE's covalent radii x `mult`, and their lengths."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=mult))
+    keep = i < j
+    return np.stack([i[keep], j[keep]], axis=1), d[keep]
+
+
+def _bond_lengths(atoms: Atoms, pairs: np.ndarray) -> np.ndarray:
+    if not len(pairs):
+        return np.zeros(0)
+    diff = atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]]
+    if atoms.pbc.any():
+        from ase.geometry import find_mic
+
+        diff, _ = find_mic(diff, atoms.cell, atoms.pbc)
+    return np.linalg.norm(diff, axis=1)
+
+
 def run_md(
     atoms: Atoms,
     calculator,
@@ -69,9 +89,12 @@ def run_md(
     min_distance: float = 0.5,
     progress: bool = True,
     init_velocities: bool = True,
+    max_bond_stretch: float | None = None,
 ) -> MDReport:
     """Runs MD; stops early when forces exceed `max_force` (eV/Å), two atoms come closer
-    than `min_distance` (Å), or energies become non-finite."""
+    than `min_distance` (Å), energies become non-finite, or (with `max_bond_stretch`, Å) a
+    covalent bond of the starting structure is longer or shorter than there by more than
+    that: the usual stability test of MD force fields (start from an equilibrium frame)."""
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"unknown ensemble {ensemble!r}; choose 'nve' or 'nvt'")
     atoms = atoms.copy()
@@ -86,6 +109,7 @@ def run_md(
         dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
                        friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed))
 
+    bonds, bond_ref = covalent_bonds(atoms) if max_bond_stretch is not None else (np.zeros((0, 2), int), None)
     traj_tmp = partial_path(trajectory) if trajectory else None
     traj_writer = Trajectory(str(traj_tmp), "w", atoms) if traj_tmp else None
     rows: list[dict] = []
@@ -117,6 +141,14 @@ def run_md(
                 unphysical_step, reason = step, f"max force {row['max_force_eVA']:.1f} eV/Å > {max_force}"
             elif row["min_distance_A"] < min_distance:
                 unphysical_step, reason = step, f"atoms {row['min_distance_A']:.2f} Å apart < {min_distance}"
+            elif len(bonds):
+                stretch = np.abs(_bond_lengths(atoms, bonds) - bond_ref)
+                worst = int(stretch.argmax())
+                if stretch[worst] > max_bond_stretch:
+                    a, b = bonds[worst]
+                    unphysical_step, reason = step, (
+                        f"bond {atoms[a].symbol}{a}-{atoms[b].symbol}{b} changed by {stretch[worst]:.2f} Å "
+                        f"> {max_bond_stretch} from its starting length {bond_ref[worst]:.2f} Å")
             if unphysical_step is not None:
                 break
     except BaseException:

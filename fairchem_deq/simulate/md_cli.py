@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-force", type=float, default=50.0, help="eV/Å: larger means unphysical")
     parser.add_argument("--min-distance", type=float, default=0.5, help="Å: closer means unphysical")
+    parser.add_argument("--max-bond-stretch", type=float, default=None,
+                        help="Å: stop when a covalent bond of the starting structure changes length by "
+                             "more than this (e.g. 0.5 from an equilibrium frame); default off")
     parser.add_argument("--print-every", type=int, default=0,
                         help="print energy, temperature and solver iterations every N steps")
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
             trajectory=out / "md.traj", log=out / "md_log.csv", max_force=args.max_force,
             min_distance=args.min_distance, progress=not args.no_progress,
+            max_bond_stretch=args.max_bond_stretch,
         )
         summary = report.to_dict()
         final = Path(args.out).absolute()
