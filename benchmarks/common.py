@@ -93,6 +93,12 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def read_json(name: str) -> dict:
+    """benchmarks/results/<name>.json, or {} before its first run (for merging runs)."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def save_figure(fig, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.png"

@@ -15,12 +15,11 @@ Writes benchmarks/results/learning_curves.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
 from benchmarks.accuracy import evaluate
-from benchmarks.common import RESULTS, machine, save_figure, write_json
+from benchmarks.common import machine, read_json, save_figure, write_json
 from benchmarks.train_models import MODELS, RUNS, Trained, held_out_frames
 from benchmarks.training_recipe import constant_prediction_mae
 
@@ -49,10 +48,8 @@ def main(argv=None) -> dict:
         if points:
             curves[model.label] = points
     constant = constant_prediction_mae(frames)
-    saved = RESULTS / "learning_curves.json"
-    if saved.is_file():  # curves of models not evaluated this time are kept
-        previous = json.loads(saved.read_text()).get("curves", {})
-        curves = {**{k: v for k, v in previous.items() if k not in curves}, **curves}
+    previous = read_json("learning_curves").get("curves", {})  # models not evaluated this time stay
+    curves = {**{k: v for k, v in previous.items() if k not in curves}, **curves}
     payload = {"command": f"python -m benchmarks.learning_curves --frames {args.frames} (models evaluated by "
                           "separate invocations are merged)",
                "machine": machine(), "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']}",

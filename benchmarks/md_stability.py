@@ -18,13 +18,12 @@ Writes benchmarks/results/md_stability.json and .png (runs go two at a time, 1 t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, save_figure, write_json
+from benchmarks.common import machine, read_json, save_figure, write_json
 from benchmarks.train_models import LABELS, N_TRAINVAL_FRAMES, WORK, checkpoint, ethanol_npz, held_out_frames
 
 BINS = np.linspace(0.0, 5.0, 101)
@@ -88,10 +87,8 @@ def main(argv=None) -> dict:
         run["h_r_mae"] = float(np.mean(np.abs(h_r - reference)))
         run["h_r"] = h_r.tolist()
         print({k: v for k, v in run.items() if k != "h_r"}, flush=True)
-    saved = RESULTS / "md_stability.json"
-    if saved.is_file():  # runs of other (model, temperature) pairs from earlier invocations are kept
-        done = {(r["model"], r["temperature_K"]) for r in runs}
-        runs = [r for r in json.loads(saved.read_text())["runs"] if (r["model"], r["temperature_K"]) not in done] + runs
+    done = {(r["model"], r["temperature_K"]) for r in runs}  # other pairs' earlier runs stay
+    runs = [r for r in read_json("md_stability").get("runs", []) if (r["model"], r["temperature_K"]) not in done] + runs
     payload = {"command": f"python -m benchmarks.md_stability --steps {args.steps} --models {' '.join(args.models)}"
                           " (runs of separate invocations are merged)",
                "machine": machine(), "start_frame": N_TRAINVAL_FRAMES, "bins_A": BINS.tolist(),

@@ -24,7 +24,6 @@ Checkpoints: benchmarks/work/runs/checkpoints/<name>/checkpoint.pt (benchmarks/w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, SHARED_DATA, machine, write_json
+from benchmarks.common import SHARED_DATA, machine, read_json, write_json
 
 REPO = Path(__file__).parents[1]
 WORK = Path(__file__).parent / "work"
@@ -51,7 +50,6 @@ LABELS = {"deq1": "DEQ1", "deq2": "DEQ2", "eqv2_4l": "EquiformerV2-4", "eqv2_8l"
 CONFIG_OF = {"deq1_nodens": "deq1"}
 N_TRAINVAL_FRAMES = 1800  # frames >= this are the held-back consecutive test block
 KCAL_PER_EV = 23.060548
-RESULTS_JSON = RESULTS / "training.json"
 
 
 def ethanol_npz() -> Path:
@@ -241,7 +239,7 @@ def main(argv=None):
     new_runs = train_all(args.models, lambda name: train_command(name, args.epochs, args.deq_grad),
                          args.threads, args.parallel, budget_cpu_s, max_wall_s, snapshot)
     # read back only now: another train_models process may have finished meanwhile
-    previous = RESULTS_JSON.is_file() and json.loads(RESULTS_JSON.read_text())
+    previous = read_json("training")
     runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}
     command = ("python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s --models %s"
                % (args.budget_minutes, args.threads, args.parallel, args.epochs, args.deq_grad, " ".join(args.models)))

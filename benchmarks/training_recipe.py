@@ -26,14 +26,13 @@ Writes benchmarks/results/training_recipe.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import yaml
 
 from benchmarks import train_models
 from benchmarks.accuracy import evaluate
-from benchmarks.common import RESULTS, machine, save_figure, write_json
+from benchmarks.common import machine, read_json, save_figure, write_json
 from benchmarks.train_models import (
     REPO,
     WORK,
@@ -98,7 +97,7 @@ def constant_prediction_mae(frames) -> float:
 
 def plot_saved() -> None:
     """Redraws the plot from benchmarks/results/training_recipe.json."""
-    saved = json.loads((RESULTS / "training_recipe.json").read_text())
+    saved = read_json("training_recipe")
     _plot(saved["results"], saved["constant_prediction_energy_mae_kcal_mol"])
 
 
@@ -119,8 +118,7 @@ def main(argv=None) -> dict:
                          args.threads, args.parallel, budget_cpu_s, max_wall_s)
     frames = held_out_frames(args.frames)
     constant = constant_prediction_mae(frames)
-    out = RESULTS / "training_recipe.json"
-    previous = json.loads(out.read_text()).get("results", {}) if out.is_file() else {}
+    previous = read_json("training_recipe").get("results", {})
     results = {}
     for recipe, name in names.items():
         row = evaluate(Trained(name), frames)

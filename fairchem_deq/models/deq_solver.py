@@ -45,11 +45,8 @@ class DEQSolveResult:
 
 
 class _AllConverged(Exception):
-    """Raised from inside f to end a solve as soon as every structure meets its tolerance."""
-
-    def __init__(self, fz: torch.Tensor):
-        super().__init__()
-        self.fz = fz
+    """Raised from inside f to end a solve as soon as every structure meets its tolerance
+    (the state returned is the tracked lowest-residual one)."""
 
 
 class _TrackedFunction:
@@ -82,7 +79,7 @@ class _TrackedFunction:
         if self.recording and not torch.is_grad_enabled():
             converged_now = self._record(z, fz)
             if self.exit_early and bool(converged_now.all()):
-                raise _AllConverged(fz)
+                raise _AllConverged()
         return fz
 
     @torch.no_grad()

@@ -103,9 +103,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             del batch.fixed_point
         reuse = self._reuse_now()
         keys = self._cache_keys(batch)
-        refused_before = self.fixed_point_cache.refused
-        warm, warm_rows = self.fixed_point_cache.warm_start_rows(batch, keys) if reuse else (None, None)
-        refused = self.fixed_point_cache.refused - refused_before if reuse else None
+        warm, warm_rows, refused = self.fixed_point_cache.warm_start_rows(batch, keys) if reuse else (None, None, None)
         cold_out = cold_stats = None
         if warm is not None and not self.model.training and self.deq_eval.compare_cold and not self._in_relaxation:
             cold_out = super()._forward(batch)
@@ -251,7 +249,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         summary["cache_hits"] = _all_reduce_sum(float(cache.hits), self.device)
         summary["cache_misses"] = _all_reduce_sum(float(cache.misses), self.device)
         summary["cache_refused"] = _all_reduce_sum(float(cache.refused), self.device)
-        if summary.get("deq_markov_dev_mean", 0.0) > MARKOV_WARNING:
+        if distutils.is_master() and summary.get("deq_markov_dev_mean", 0.0) > MARKOV_WARNING:
             logging.warning(
                 "DEQ warm-started forces differ from cold-started ones by %.1f %% on average "
                 "(max %.1f %%): the warm start changes the answer. Tighten deq.eval_warm.tol, "

@@ -51,6 +51,12 @@ class CachedFixedPoint:
         return self.history.latest
 
 
+def _same_atoms(entry: CachedFixedPoint | None, atomic_numbers: torch.Tensor) -> bool:
+    """Whether `entry` exists and holds the same atoms (count and species, in order)."""
+    return entry is not None and torch.equal(
+        entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device))
+
+
 def max_displacement(pos: torch.Tensor, ref: torch.Tensor, cell: torch.Tensor | None = None,
                      pbc: torch.Tensor | None = None) -> float:
     """Largest per-atom |pos - ref| (Å), under the minimum image along periodic cell axes."""
@@ -116,25 +122,29 @@ class FixedPointCache:
             cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None) -> CachedFixedPoint | None:
         """The entry for `key` if it holds the same atoms and (given `positions`) the structure
         is within the displacement bound; else None (a refused entry is dropped)."""
+        return self._lookup(key, atomic_numbers, positions, cell, pbc)[0]
+
+    def _lookup(self, key, atomic_numbers, positions, cell, pbc) -> tuple[CachedFixedPoint | None, bool]:
+        """`get`, and whether an entry for the same atoms was refused; counts hits/misses/refusals."""
         entry = self._entries.get(key)
-        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
+        if not _same_atoms(entry, atomic_numbers):
             self.misses += 1
-            return None
+            return None, False
         if (positions is not None and entry.positions is not None and self.max_displacement is not None
                 and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement):
             self.refused += 1
             self.evict(key)
-            return None
+            return None, True
         self._entries.move_to_end(key)
         self.hits += 1
-        return entry
+        return entry, False
 
     def put(self, key, fid: int | None, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor,
             positions: torch.Tensor | None = None) -> None:
         """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
         the next frame). `positions` are those it was solved for (the reuse check)."""
         entry = self._entries.get(key)
-        if entry is None or not torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device)):
+        if not _same_atoms(entry, atomic_numbers):
             self.evict(key)
             entry = self._entries[key] = CachedFixedPoint(
                 FixedPointHistory(self.predictor), atomic_numbers.detach().clone())
@@ -153,24 +163,27 @@ class FixedPointCache:
         entry. `keys` default to the batch's sids."""
         return self.warm_start_rows(batch, keys)[0]
 
-    def warm_start_rows(self, batch, keys: Sequence | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """`warm_start` and a bool tensor [n_structures]: which structures were warm-started."""
+    def warm_start_rows(self, batch, keys: Sequence | None = None
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """`warm_start` and two bool tensors [n_structures]: which structures were
+        warm-started, and which had an entry that was refused (moved too far)."""
         keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
-        parts, any_hit = [], False
+        parts, refused = [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            entry = self.get(keys[i], batch.atomic_numbers[start:start + n].long(),
-                             batch.pos[start:start + n], *_cell_pbc(batch, i))
+            entry, was_refused = self._lookup(keys[i], batch.atomic_numbers[start:start + n].long(),
+                                              batch.pos[start:start + n], *_cell_pbc(batch, i))
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
-            any_hit |= entry is not None
+            refused.append(was_refused)
         rows = torch.tensor([p is not None for p in parts], dtype=torch.bool)
-        if not any_hit:
-            return None, rows
+        refused = torch.tensor(refused, dtype=torch.bool)
+        if not bool(rows.any()):
+            return None, rows, refused
         template = next(p for p in parts if p is not None)
         return torch.cat([
             p if p is not None else template.new_zeros((n, *template.shape[1:]))
             for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
-        ]), rows
+        ]), rows, refused
 
     def store(self, batch, fixed_point: torch.Tensor, keys: Sequence | None = None) -> None:
         keys = _as_list(batch.sid) if keys is None else list(keys)

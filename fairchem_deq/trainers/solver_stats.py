@@ -47,12 +47,11 @@ class SolverStatsAccumulator:
         return {"total": total, "numel": numel}
 
     def add(self, stats: dict, warm, cold_stats: dict | None = None, forces=None,
-            cold_forces=None, natoms=None, refused: int | None = None) -> dict:
+            cold_forces=None, natoms=None, refused: torch.Tensor | None = None) -> dict:
         """`warm`: which structures were warm-started (bool tensor [n]; True/False for all;
         None: none). The warm-only statistics (nstep_warm, fallback) and the cold comparison
-        (nstep_cold, markov_dev) cover those structures only. `refused`: how many structures
-        of the batch had a cached fixed point that was not reused (reported per structure of
-        the batch, as a fraction)."""
+        (nstep_cold, markov_dev) cover those structures only. `refused` (bool tensor [n]):
+        structures whose cached fixed point was not reused (the structure moved too far)."""
         n = len(stats["nstep"])
         if warm is None or isinstance(warm, bool):
             warm = torch.full((n,), bool(warm), dtype=torch.bool)
@@ -63,9 +62,7 @@ class SolverStatsAccumulator:
             "deq_nonconverged": self._acc("nonconverged", (~stats["converged"]).double()),
         }
         if refused is not None:
-            flags = torch.zeros(n, dtype=torch.float64)
-            flags[:refused] = 1.0
-            metrics["deq_reuse_refused"] = self._acc("reuse_refused", flags)
+            metrics["deq_reuse_refused"] = self._acc("reuse_refused", refused.double())
         if bool(warm.any()):
             metrics["deq_nstep_warm"] = self._acc("nstep_warm", stats["nstep"][warm])
             metrics["deq_fallback"] = self._acc("fallback", stats["fallback"][warm].double())
