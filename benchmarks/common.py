@@ -10,29 +10,38 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(os.environ.get("FAIRCHEM_DEQ_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
 TEST_DATA = Path(__file__).parents[1] / "tests" / "data"
+CONFIG_INCLUDES = Path(__file__).parents[1] / "configs" / "includes"
 
-# The paper's MD "mini" model and its OC20 S2EF-200k width (see configs/).
-MD_MINI = dict(
-    use_pbc=True, otf_graph=True, max_neighbors=1000, max_radius=5.0, max_num_elements=90,
-    sphere_channels=64, attn_hidden_channels=16, num_heads=4, attn_alpha_channels=16,
-    attn_value_channels=8, ffn_hidden_channels=128, norm_type="rms_norm_sh",
-    lmax_list=[3], mmax_list=[2], grid_resolution=14, num_sphere_samples=128,
-    edge_channels=32, alpha_drop=0.0, drop_path_rate=0.05,
+# The backbone hyper-parameters (graph, widths, norm, dropout) the benchmark models take from
+# the shipped configs; the other backbone keys keep EquiformerV2's defaults here.
+WIDTH_KEYS = (
+    "use_pbc", "otf_graph", "max_neighbors", "max_radius", "max_num_elements",
+    "sphere_channels", "attn_hidden_channels", "num_heads", "attn_alpha_channels",
+    "attn_value_channels", "ffn_hidden_channels", "norm_type", "lmax_list", "mmax_list",
+    "grid_resolution", "num_sphere_samples", "edge_channels", "alpha_drop", "drop_path_rate",
 )
-OC20_200K = dict(
-    MD_MINI, max_neighbors=20, max_radius=12.0, sphere_channels=128, attn_hidden_channels=64,
-    num_heads=8, attn_alpha_channels=64, attn_value_channels=16, ffn_hidden_channels=128,
-    grid_resolution=18, edge_channels=128,
-)
+
+
+def config_width(*includes: str) -> dict:
+    """WIDTH_KEYS of the backbone that configs/includes/<include>... set (later files win)."""
+    backbone = {}
+    for name in includes:
+        backbone.update(yaml.safe_load((CONFIG_INCLUDES / name).read_text())["model"]["backbone"])
+    return {key: backbone[key] for key in WIDTH_KEYS}
+
+
+# The paper's MD "mini" model and its OC20 S2EF-200k width, as the configs define them.
+MD_MINI = config_width("md/base.yml")
+OC20_200K = config_width("oc20/base.yml", "oc20/deq1.yml")
 HEADS = {
     "energy": {"module": "equiformerV2_scalar_head"},
     "forces": {"module": "equiformerV2_vector_head"},
@@ -41,8 +50,9 @@ HEADS = {
 
 def build_model(width: dict, num_layers: int, deq: dict | None = None, seed: int = 0):
     """Hydra model: DEQ backbone when `deq` is given, else fairchem's explicit EquiformerV2."""
-    import fairchem_deq  # noqa: F401
     from fairchem.core.models.base import HydraModel
+
+    import fairchem_deq  # noqa: F401
 
     torch.manual_seed(seed)
     if deq is None:
@@ -83,14 +93,10 @@ def machine() -> dict:
 
 def write_json(name: str, payload: dict) -> Path:
     """Atomic write of benchmarks/results/<name>.json."""
+    from fairchem_deq.outputs import write_text_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(RESULTS / f"{name}.json", json.dumps(payload, indent=2))
 
 
 def read_json(name: str) -> dict:
@@ -100,9 +106,15 @@ def read_json(name: str) -> dict:
 
 
 def save_figure(fig, name: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """Atomic write of benchmarks/results/<name>.png (the package's partial file and rename)."""
+    from fairchem_deq.outputs import partial_path
+
     path = RESULTS / f"{name}.png"
-    tmp = RESULTS / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    tmp = partial_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

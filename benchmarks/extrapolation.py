@@ -1,7 +1,7 @@
 """Extrapolated warm starts vs plain reuse: solver evaluations, wall-clock and Markov deviation.
 
 Why: plain reuse starts each MD step from the previous step's fixed point. Consecutive fixed
-points move smoothly, so extrapolating the last few (fairchem_deq.warm_start: linear,
+points move smoothly, so extrapolating the last few (fairchem_deq.reuse.predictors: linear,
 quadratic, Kolafa's ASPC) should start closer and save iterations (target: <= 0.7x the
 evaluations of plain reuse) without moving the forces (Markov deviation < 1 %).
 
@@ -35,7 +35,7 @@ import torch
 from benchmarks.common import machine, save_figure, write_json
 from benchmarks.iterations import oc20_frames
 from benchmarks.train_models import Trained, held_out_frames
-from fairchem_deq.warm_start import PREDICTORS, FixedPointHistory
+from fairchem_deq.reuse.predictors import PREDICTORS, FixedPointHistory
 
 TARGET_NFE_RATIO, MARKOV_BOUND = 0.7, 0.01
 
@@ -81,7 +81,7 @@ def along(model: Trained, frames: list, tol: float, predictors: list[str]) -> di
         for name in predictors[i % len(predictors):] + predictors[:i % len(predictors)]:  # rotate: no order bias
             t0 = time.perf_counter()
             guess = histories[name].predict()  # the extrapolation's own cost counts too
-            _, f, fp, s = model.predict(atoms, fixed_point=guess)
+            _, f, fp, s = model.predict(atoms, initial_guess=guess)
             r = _add(records[name], time.perf_counter() - t0, s)
             r["fallback"].append(s.get("fallback", 0.0))
             r["markov"].append(_rel(f, f_cold))
@@ -157,7 +157,7 @@ def main(argv=None):
         for system, trajs in systems.items():
             for tol in args.tols:
                 parts = [along(model, frames, tol, predictors) for frames in trajs]
-                records = {p: {k: sum((part[p][k] for part in parts), []) for k in parts[0][p]} for p in parts[0]}
+                records = {p: {k: [x for part in parts for x in part[p][k]] for k in parts[0][p]} for p in parts[0]}
                 run = f"{model.label}/{system}/{tol:g}"
                 raw[run], summary[run] = records, summarise(records)
                 for p, s in summary[run].items():

@@ -19,8 +19,15 @@ import time
 import torch
 
 from benchmarks.common import (
-    MD_MINI, OC20_200K, SHARED_DATA, TEST_DATA, build_model, machine, num_params,
-    save_figure, write_json,
+    MD_MINI,
+    OC20_200K,
+    SHARED_DATA,
+    TEST_DATA,
+    build_model,
+    machine,
+    num_params,
+    save_figure,
+    write_json,
 )
 
 LO, HI = 4, 12  # iterations (DEQ) / 2, 10 layers (explicit)
@@ -58,7 +65,7 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 
 
 def measure(repeats: int) -> dict:
-    from fairchem_deq.atoms_batch import atoms_to_batch
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
 
     logging.getLogger().setLevel(logging.ERROR)  # the capped solves warn by design
     results = {}
@@ -73,7 +80,7 @@ def measure(repeats: int) -> dict:
         # identical weights inside the fixed-point function for both DEQ iteration caps
         models["deq_hi"].load_state_dict(models["deq_lo"].state_dict())
 
-        def run(model):
+        def run(model, batch=batch):
             def fn():
                 with torch.no_grad():
                     model(batch)

@@ -45,7 +45,7 @@ def along(model: Trained, frames: list, tol: float) -> dict:
     _, _, fp, _ = model.predict(frames[0])  # frame 0 cold: seeds the warm chain
     for atoms in frames[1:]:
         _, f_cold, _, s_cold = model.predict(atoms)
-        _, f_warm, fp, s_warm = model.predict(atoms, fixed_point=fp)
+        _, f_warm, fp, s_warm = model.predict(atoms, initial_guess=fp)
         cold_n.append(s_cold["nstep"])
         warm_n.append(s_warm["nstep"])
         cold_nfe.append(s_cold["nfe"])
@@ -104,7 +104,7 @@ def main(argv=None):
         for system, trajs, tols in runs:
             for tol in tols:
                 parts = [along(model, frames, tol) for frames in trajs]
-                r = {k: sum((p[k] for p in parts), []) for k in parts[0]}
+                r = {k: [x for p in parts for x in p[k]] for k in parts[0]}
                 raw[f"{model.label}/{system}/{tol:g}"] = r
                 summary.setdefault((system, model.label), {})[f"{tol:g}"] = s = summarise(r)
                 print(f"{model.label} {system} tol {tol:g}: cold {s['cold_mean']:.2f} warm {s['warm_mean']:.2f} "

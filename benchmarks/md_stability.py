@@ -53,9 +53,9 @@ def run_one(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from fairchem_deq import run_md
-
     from ase.io import read
+
+    from fairchem_deq import run_md
 
     start = held_out_frames(1)[0]
     trajectory = WORK / "md_stability" / f"{name}_{temperature:.0f}K.traj"

@@ -2,7 +2,7 @@
 
 The fixed-point cache reuses a stored fixed point only when no atom moved more than
 `task.deq.reuse_max_displacement` (Å) since it was solved (minimum image for periodic
-cells; `fairchem_deq.trainers.fixed_point_cache.max_displacement`, the same function).
+cells; `fairchem_deq.reuse.cache.max_displacement`, the same function).
 This measures that quantity on the bundled real data:
 
 - MD steps: consecutive MD17 ethanol frames (0.5 fs), and every 2nd / 4th frame (1 / 2 fs);
@@ -17,12 +17,13 @@ Writes benchmarks/results/reuse_displacement.json and .png.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import numpy as np
 import torch
 
 from benchmarks.common import SHARED_DATA, machine, save_figure, write_json
-from fairchem_deq.trainers.fixed_point_cache import DEFAULT_MAX_DISPLACEMENT, max_displacement
+from fairchem_deq.reuse.cache import DEFAULT_MAX_DISPLACEMENT, max_displacement
 
 
 def _md_steps(positions: np.ndarray, stride: int) -> list[float]:
@@ -36,7 +37,7 @@ def _optimiser_steps(paths) -> list[float]:
     out = []
     for path in paths:
         frames = read(path, index=":")
-        for a, b in zip(frames[:-1], frames[1:]):
+        for a, b in itertools.pairwise(frames):
             out.append(max_displacement(torch.as_tensor(b.positions), torch.as_tensor(a.positions),
                                         torch.as_tensor(np.asarray(a.cell)), torch.as_tensor(a.pbc)))
     return out
@@ -52,7 +53,7 @@ def _random_pairs(positions: np.ndarray, pairs: int, seed: int = 0) -> list[floa
 
 def _summary(values: list[float], bound: float) -> dict:
     v = np.asarray(values)
-    return {"n": int(len(v)), "median": float(np.median(v)), "p99": float(np.percentile(v, 99)),
+    return {"n": len(v), "median": float(np.median(v)), "p99": float(np.percentile(v, 99)),
             "max": float(v.max()), "min": float(v.min()), "fraction_reused": float(np.mean(v <= bound))}
 
 

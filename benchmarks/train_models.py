@@ -127,9 +127,8 @@ def start(name: str, args: list[str], threads: int):
     log_path = RUNS / f"{name}.log"
     RUNS.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(args, cwd=WORK, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(args, cwd=WORK, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log_path, time.perf_counter()
 
 
@@ -141,7 +140,7 @@ def _checkpoint_complete(path: Path) -> bool:
 
 
 def snapshot_path(name: str, cpu_s: float) -> Path:
-    return RUNS / "snapshots" / name / f"cpu{int(round(cpu_s)):06d}.pt"
+    return RUNS / "snapshots" / name / f"cpu{round(cpu_s):06d}.pt"
 
 
 def _snapshot(name: str, cpu_s: float) -> None:
@@ -167,7 +166,7 @@ def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu
     while pending or running:
         while pending and len(running) < parallel:
             name = pending.pop(0)
-            running[name] = start(name, args_of(name), threads) + (0.0,)
+            running[name] = (*start(name, args_of(name), threads), 0.0)
         time.sleep(1.0)
         for name, (proc, log_path, t0, cpu) in list(running.items()):
             try:
@@ -297,16 +296,17 @@ class Trained:
         for phase in ("eval_cold", "eval_warm"):
             self.model.backbone.set_solver_settings(phase, tol=tol, **({"max_iter": max_iter} if max_iter else {}))
 
-    def predict(self, atoms, fixed_point=None):
+    def predict(self, atoms, initial_guess=None):
         """-> (energy eV, forces eV/Å [n,3] numpy, fixed point or None, solver stats dict)."""
         import torch
 
-        from fairchem_deq.atoms_batch import atoms_to_batch
+        from fairchem_deq.data.atoms_graphs import atoms_to_batch
+        from fairchem_deq.reuse.forward import captured_output
 
         batch = atoms_to_batch([atoms])
-        if fixed_point is not None:
-            batch.fixed_point = fixed_point
-        with torch.no_grad():
+        if initial_guess is not None:
+            batch.initial_guess = initial_guess
+        with torch.no_grad(), captured_output(self.model.backbone) as captured:
             out = self.model(batch)
         energy = out["energy"]["energy"] if isinstance(out["energy"], dict) else out["energy"]
         forces = out["forces"]["forces"] if isinstance(out["forces"], dict) else out["forces"]
@@ -316,7 +316,7 @@ class Trained:
             forces = self.normalizers["forces"].denorm(forces)
         fp, stats = None, {}
         if self.is_deq:
-            last = self.model.backbone.last_output
+            last = captured["output"]
             fp = last["fixed_point"]
             stats = {k: float(v.reshape(-1)[0]) for k, v in last["deq_stats"].items() if v.dim() <= 1}
         return float(energy.reshape(-1)[0]), forces.reshape(-1, 3).numpy(), fp, stats

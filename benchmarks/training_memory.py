@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from benchmarks.common import MD_MINI, SHARED_DATA, build_model, machine, save_figure, write_json
+from fairchem_deq.reuse.forward import captured_output
 
 REPO = Path(__file__).parents[1]
 # label -> (config include, layers, deq overrides): "DEQn" = the shipped deq block
@@ -58,7 +59,7 @@ def batch_of(system: str):
     from ase.io import read
 
     from benchmarks.train_models import held_out_frames
-    from fairchem_deq.atoms_batch import atoms_to_batch
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
 
     if system == "ethanol":
         frames = held_out_frames(4)
@@ -87,7 +88,8 @@ def child(variant: str, system: str, steps: int) -> dict:
     times, nsteps = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        out = model(batch)
+        with captured_output(model.backbone) as captured:
+            out = model(batch)
         e = out["energy"]["energy"].reshape(-1)
         f = out["forces"]["forces"].reshape(-1, 3)
         loss = (e - energy).abs().mean() + 80 * (f - forces).norm(dim=-1).mean()
@@ -96,7 +98,7 @@ def child(variant: str, system: str, steps: int) -> dict:
         opt.step()
         times.append(time.perf_counter() - t0)
         if deq is not None:
-            nsteps.append(float(model.backbone.last_output["deq_stats"]["nstep"].float().mean()))
+            nsteps.append(float(captured["output"]["deq_stats"]["nstep"].float().mean()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"baseline_rss_mb": base, "peak_rss_mb": peak, "step_mb": peak - base,
             "step_s_median": statistics.median(times[1:] or times), "weights": weights,
@@ -120,7 +122,7 @@ def main(argv=None):
                 [sys.executable, "-m", "benchmarks.training_memory", "--child", variant, system, "--steps", str(steps)],
                 cwd=REPO, env=env, capture_output=True, text=True, check=True,
             )
-            line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+            line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
             results.setdefault(system, {})[variant] = r = json.loads(line[7:])
             print(system, variant, r, flush=True)
     ratios = {s: {f"{v} / EquiformerV2-{n}": r[v][key] / r[f"EquiformerV2-{n}"][key]

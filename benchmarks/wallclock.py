@@ -41,7 +41,7 @@ def step_fns(models: dict) -> dict:
             state = {"fp": None}
 
             def warm(atoms, m=m, state=state):
-                _, _, state["fp"], s = m.predict(atoms, fixed_point=state["fp"])
+                _, _, state["fp"], s = m.predict(atoms, initial_guess=state["fp"])
                 return s
 
             fns[f"{label} warm"] = warm
@@ -87,8 +87,8 @@ def main(argv=None):
     for deq in ("DEQ1 warm", "DEQ2 warm", "DEQ1 cold", "DEQ2 cold"):
         for ref in ("EquiformerV2-1", "EquiformerV2-4", "EquiformerV2-8"):
             ratios[f"{deq} / {ref}"] = med[deq] / med[ref]
-    for k in med:
-        print(f"{k:16s} {1e3*med[k]:8.1f} ms" + (f"  nstep/nfe {statistics.mean(n for n, _ in nstep[k]):.2f}/{statistics.mean(e for _, e in nstep[k]):.2f}" if k in nstep else ""))
+    for k, m in med.items():
+        print(f"{k:16s} {1e3*m:8.1f} ms" + (f"  nstep/nfe {statistics.mean(n for n, _ in nstep[k]):.2f}/{statistics.mean(e for _, e in nstep[k]):.2f}" if k in nstep else ""))
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     pf = frames[2:2 + args.profile_frames]
@@ -96,7 +96,7 @@ def main(argv=None):
     state = {"fp": deq1.predict(frames[1])[2]}
 
     def deq1_warm(atoms):
-        _, _, state["fp"], _ = deq1.predict(atoms, fixed_point=state["fp"])
+        _, _, state["fp"], _ = deq1.predict(atoms, initial_guess=state["fp"])
 
     profiles = {"DEQ1 warm": profile(deq1_warm, pf), "EquiformerV2-8": profile(fns["EquiformerV2-8"], pf)}
     for k, v in profiles.items():

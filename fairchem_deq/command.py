@@ -65,7 +65,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise Terminated()
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

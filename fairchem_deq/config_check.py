@@ -20,10 +20,11 @@ def check_config(config: dict) -> None:
     """Raises DEQConfigError naming the block when a DEQ block of `config` is invalid."""
     from fairchem.core.common.registry import registry
 
-    from fairchem_deq.models import DEQEquiformerV2Backbone
-    from fairchem_deq.models.deq_config import DEQConfig, parse_options
+    from fairchem_deq.config_blocks import parse_options
+    from fairchem_deq.models import DEQBackboneOptions, DEQEquiformerV2Backbone
+    from fairchem_deq.reuse import ReuseOptions
     from fairchem_deq.trainers import DEQForcesTrainer
-    from fairchem_deq.trainers.deq_config import DEQEvalOptions, DEQTrainOptions
+    from fairchem_deq.trainers.train_options import DEQTrainOptions
 
     model = config.get("model") or {}
     backbone = model.get("backbone") if isinstance(model, dict) else None
@@ -33,13 +34,13 @@ def check_config(config: dict) -> None:
         except Exception:  # noqa: BLE001 - an unknown model is fairchem's to report
             cls = None
         if _is_subclass(cls, DEQEquiformerV2Backbone):
-            _check("model.backbone.deq", lambda: DEQConfig.from_dict(backbone.get("deq")))
+            _check("model.backbone.deq", lambda: DEQBackboneOptions.from_dict(backbone.get("deq")))
     try:
         trainer = registry.get_trainer_class(config.get("trainer", "ocp"))
     except Exception:  # noqa: BLE001
         trainer = None
     if _is_subclass(trainer, DEQForcesTrainer):
-        _check("task.deq", lambda: parse_options(DEQEvalOptions, (config.get("task") or {}).get("deq"), "task.deq"))
+        _check("task.deq", lambda: parse_options(ReuseOptions, (config.get("task") or {}).get("deq"), "task.deq"))
         _check("optim.deq", lambda: parse_options(DEQTrainOptions, (config.get("optim") or {}).get("deq"), "optim.deq"))
 
 

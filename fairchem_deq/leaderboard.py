@@ -91,7 +91,7 @@ def check_predictions(path: str | Path, task: str = "s2ef") -> dict[str, int]:
             raise SubmissionError(f"{path}: expected [n_atoms, 3] rows, got shape {rows.shape}")
         if not np.all(np.isfinite(rows.astype(np.float64))):
             raise SubmissionError(f"{path}: non-finite values")
-        return {"systems": n, "atoms": int(len(rows))}
+        return {"systems": n, "atoms": len(rows)}
 
 
 def check_is2re_trajectory(path: str | Path) -> float:

@@ -3,7 +3,8 @@
 Every writer of the package writes under a temporary name and renames when done, so an
 error, Ctrl-C or SIGTERM (see fairchem_deq.command) never leaves a file or folder that looks
 finished:
-  partial_path      one file: `.<name>.partial` beside it
+  partial_path      one file: `.<name>.partial` beside it (`partial_name`), the one temporary
+                    name of every file the package writes; `atomic_file` renames it when done
   atomic_directory  a whole folder (`fairchem-deq convert`): `<out>.tmp-<pid>`, renamed at the end
   staged_outputs    named files in an output folder that may hold other things (md, relax):
                     written in `<out>/.partial-<pid>/`, moved in together at the end
@@ -21,11 +22,31 @@ from pathlib import Path
 from fairchem_deq.command import OutputExistsError, signals_deferred
 
 
+def partial_name(name: str) -> str:
+    """The temporary name of a file `name` being written: hidden, and never named like the
+    output, so a crash never leaves something that a reader would take for the real file."""
+    return f".{name}.partial"
+
+
 def partial_path(path: str | Path) -> Path:
     """The temporary sibling of `path` (its folder is created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.partial")
+    return path.with_name(partial_name(path.name))
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield `partial_path(path)` to write; it becomes `path` in one rename when the body
+    succeeds and is removed when it fails (KeyboardInterrupt and SIGTERM included)."""
+    path = Path(path)
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _missing_parents(path: Path) -> list[Path]:
@@ -115,15 +136,9 @@ def staged_outputs(out_dir: str | Path, names: Sequence[str], overwrite: bool = 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Writes `text` to `path` through a partial file and a rename."""
-    path = Path(path)
-    tmp = partial_path(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_csv_atomic(path: str | Path, rows: Sequence[dict], fields: Sequence[str]) -> Path:

@@ -8,22 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tiny_model import TINY_WIDTH
+
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 
-# the paper's MD config shrunk to a CPU-test size, as fairchem CLI overrides
+# the paper's MD config shrunk to a CPU-test size (tiny_model.TINY_WIDTH), as fairchem CLI overrides
 TINY_OVERRIDES = [
-    "--model.backbone.sphere_channels=16",
-    "--model.backbone.attn_hidden_channels=8",
-    "--model.backbone.num_heads=2",
-    "--model.backbone.attn_alpha_channels=8",
-    "--model.backbone.attn_value_channels=4",
-    "--model.backbone.ffn_hidden_channels=16",
-    "--model.backbone.lmax_list=[2]",
-    "--model.backbone.mmax_list=[2]",
-    "--model.backbone.grid_resolution=8",
-    "--model.backbone.num_sphere_samples=32",
-    "--model.backbone.edge_channels=16",
+    *(f"--model.backbone.{key}={value}" for key, value in TINY_WIDTH.items()),
     "--optim.num_workers=0",
     "--optim.batch_size=4",
     "--optim.eval_batch_size=4",

@@ -7,32 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_model import TINY_BACKBONE  # the tiny CPU-test model (tests/tiny_model.py)
 
 DATA = Path(__file__).parent / "data"
-
-# A DEQuiformer small enough for CPU tests (same structure as the paper's MD "mini" model).
-TINY_BACKBONE = dict(
-    use_pbc=True,
-    regress_forces=True,
-    otf_graph=True,
-    max_neighbors=20,
-    max_radius=5.0,
-    max_num_elements=90,
-    sphere_channels=16,
-    attn_hidden_channels=8,
-    num_heads=2,
-    attn_alpha_channels=8,
-    attn_value_channels=4,
-    ffn_hidden_channels=16,
-    norm_type="rms_norm_sh",
-    lmax_list=[2],
-    mmax_list=[2],
-    grid_resolution=8,
-    num_sphere_samples=32,
-    edge_channels=16,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-)
 
 
 def ethanol_atoms(indices):
@@ -56,7 +33,7 @@ def oc20_atoms(name="random1000156.traj", index=0):
 
 
 def to_batch(atoms_list, sids=None):
-    from fairchem_deq.atoms_batch import atoms_to_batch
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
 
     return atoms_to_batch(atoms_list, sids=sids)
 

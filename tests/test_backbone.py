@@ -52,11 +52,11 @@ def test_fixed_point_residual_within_tolerance_and_warm_start_is_immediate():
     e_cold, f_cold = _predict(model, batch)
 
     warm = to_batch(ethanol_atoms([5]))
-    warm.fixed_point = emb["fixed_point"]
+    warm.initial_guess = emb["fixed_point"]
     out = backbone(warm)
     assert int(out["deq_stats"]["nstep"].max()) <= 2
     warm2 = to_batch(ethanol_atoms([5]))
-    warm2.fixed_point = emb["fixed_point"]
+    warm2.initial_guess = emb["fixed_point"]
     e_warm, f_warm = _predict(model, warm2)
     assert torch.allclose(e_warm, e_cold, rtol=1e-4, atol=1e-4)
     assert (f_warm - f_cold).norm() / f_cold.norm() < 1e-3
@@ -162,7 +162,7 @@ def test_failed_warm_start_falls_back_to_cold_start():
     batch = to_batch(ethanol_atoms([0]))
     bad = model.backbone(batch)["fixed_point"] * float("nan")
     warm = to_batch(ethanol_atoms([0]))
-    warm.fixed_point = bad
+    warm.initial_guess = bad
     stats = model.backbone(warm)["deq_stats"]
     assert bool(stats["fallback"].all()) and bool(stats["converged"].all())
 
@@ -170,6 +170,6 @@ def test_failed_warm_start_falls_back_to_cold_start():
 def test_warm_start_of_wrong_shape_is_rejected():
     model = make_model().eval()
     batch = to_batch(ethanol_atoms([0]))
-    batch.fixed_point = torch.zeros(5, 9, 16)
-    with pytest.raises(ValueError, match="fixed_point warm start has shape"):
+    batch.initial_guess = torch.zeros(5, 9, 16)
+    with pytest.raises(ValueError, match="initial guess has shape"):
         model.backbone(batch)

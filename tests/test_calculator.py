@@ -53,18 +53,18 @@ def test_fixed_point_is_reset_when_the_atoms_change(calc):
     smaller.calc = calc
     forces = smaller.get_forces()  # 8 atoms now: no stale 9-atom fixed point may be used
     assert forces.shape == (8, 3)
-    assert calc.trainer.fixed_point_cache.misses >= 1
+    assert calc.fixed_point_cache.misses >= 1
     swapped = ethanol.copy()
     swapped.numbers = swapped.numbers[::-1].copy()  # same count, other species order
     swapped.calc = calc
     assert swapped.get_forces().shape == (9, 3)
     swapped.get_forces()
-    warm_hits = calc.trainer.fixed_point_cache.hits
+    warm_hits = calc.fixed_point_cache.hits
     periodic = swapped.copy()
     periodic.cell, periodic.pbc = [20.0, 20.0, 20.0], True  # same atoms, now periodic
     periodic.calc = calc
     periodic.get_forces()
-    assert calc.trainer.fixed_point_cache.hits == warm_hits  # reset: solved from zero
+    assert calc.fixed_point_cache.hits == warm_hits  # reset: solved from zero
 
 
 def test_a_distant_structure_is_solved_cold_not_from_the_stored_fixed_point(trained_checkpoint):
@@ -73,7 +73,7 @@ def test_a_distant_structure_is_solved_cold_not_from_the_stored_fixed_point(trai
     from fairchem_deq import DEQCalculator
 
     calc = DEQCalculator(trained_checkpoint, tol=1e-3)
-    cache = calc.trainer.fixed_point_cache
+    cache = calc.fixed_point_cache
     first, next_frame, unrelated = ethanol_atoms([0, 1, 150])
     for atoms in (first, next_frame, unrelated):
         atoms.calc = calc
@@ -85,7 +85,7 @@ def test_a_distant_structure_is_solved_cold_not_from_the_stored_fixed_point(trai
     for atoms in (first, unrelated):
         atoms.calc = loose
         atoms.get_forces()
-    assert loose.trainer.fixed_point_cache.hits == 1  # no bound: reused
+    assert loose.fixed_point_cache.hits == 1  # no bound: reused
 
 
 def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
@@ -110,7 +110,8 @@ def test_nve_md_logs_energy_temperature_and_solver_iterations(calc, tmp_path):
                     trajectory=tmp_path / "md.traj", log=tmp_path / "md.csv", progress=False)
     assert report.steps_run == 8 and report.unphysical_step is None
     assert report.energy_drift_meV_per_atom_per_ps is not None
-    rows = list(csv.DictReader(open(tmp_path / "md.csv")))
+    with open(tmp_path / "md.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 9 and all(float(r["solver_iterations"]) >= 1 for r in rows)
     from ase.io import read
 
@@ -167,8 +168,8 @@ def test_relaxation_carries_the_fixed_point_across_steps(calc, tmp_path):
     from fairchem_deq import run_relaxation
 
     atoms = ethanol_atoms([0])[0]
-    relaxed, report = run_relaxation(atoms, calc, optimizer="fire", fmax=1e-4, steps=5,
-                                     trajectory=tmp_path / "relax.traj")
+    _, report = run_relaxation(atoms, calc, optimizer="fire", fmax=1e-4, steps=5,
+                               trajectory=tmp_path / "relax.traj")
     assert report.steps == 5 and not report.converged
     assert len(report.solver_iterations_per_step) >= 5
     assert min(report.solver_iterations_per_step[1:]) <= report.solver_iterations_per_step[0]
@@ -197,7 +198,8 @@ def test_relax_reports_solver_evaluations_per_step_and_a_cold_comparison(trained
                     str(DATA / "md17_ethanol_300.npz"), "--optimizer", "fire", "--fmax", "1e-4", "--steps", "4",
                     "--out", str(tmp_path / "relax"), "--compare-cold"], cwd=tmp_path, program="fairchem-deq")
     assert proc.stdout.count("solver iterations") == 5 and proc.stdout.count("from zero") == 5
-    rows = list(csv.DictReader(open(tmp_path / "relax" / "relax_log.csv")))
+    with open(tmp_path / "relax" / "relax_log.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
     assert all(int(r["solver_iterations"]) >= 1 and int(r["solver_iterations_cold"]) >= 1 for r in rows)
     assert rows[0]["solver_iterations"] == rows[0]["solver_iterations_cold"]  # step 0 is solved from zero

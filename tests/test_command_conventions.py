@@ -69,7 +69,7 @@ def test_sigterm_during_convert_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     proc = start("convert", str(src), "--out", str(out), "--split", "none", "--no-progress", cwd=tmp_path)
     tmp = tmp_path / f"out.tmp-{proc.pid}"
-    wait_for(lambda: (tmp / "all" / "data.lmdb").exists(), proc)
+    wait_for((tmp / "all" / "data.lmdb").exists, proc)
     time.sleep(0.5)  # inside the LMDB writes
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -97,7 +97,7 @@ def test_sigint_during_md_start_up_is_rc_130_without_traceback(tmp_path, trained
     out = tmp_path / "md"
     proc = start("md", "--checkpoint", str(trained_checkpoint), "--structure", str(DATA / "md17_ethanol_300.npz"),
                  "--steps", "5", "--out", str(out), "--no-progress", cwd=tmp_path)
-    wait_for(lambda: out.exists(), proc)  # the command has started: checkpoint loading follows
+    wait_for(out.exists, proc)  # the command has started: checkpoint loading follows
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
@@ -111,7 +111,7 @@ def test_sigterm_during_md_leaves_no_output(tmp_path, trained_checkpoint):
     proc = start("md", "--checkpoint", str(trained_checkpoint), "--structure", str(DATA / "md17_ethanol_300.npz"),
                  "--steps", "100000", "--out", str(out), "--no-progress", cwd=tmp_path)
     stage = out / f".partial-{proc.pid}"
-    wait_for(lambda: (stage / ".md.traj.partial").exists(), proc, timeout=300)
+    wait_for((stage / ".md.traj.partial").exists, proc, timeout=300)
     time.sleep(1.0)  # a few MD steps written
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -8,24 +8,17 @@ structure; every file is still loaded and resolved on its own.
 
 from __future__ import annotations
 
-import ast
 import copy
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import REPO, TINY_OVERRIDES
+from cli_helpers import REPO
+from tiny_model import TINY_WIDTH
 
 CONFIGS = REPO / "configs"
 RUNNABLE = sorted(p for p in CONFIGS.rglob("*.yml") if "includes" not in p.relative_to(CONFIGS).parts)
 OC20 = [p for p in RUNNABLE if p.relative_to(CONFIGS).parts[0] == "oc20"]
-
-# the backbone keys of TINY_OVERRIDES (`--model.backbone.sphere_channels=16` -> {...: 16})
-TINY_BACKBONE = {}
-for _arg in TINY_OVERRIDES:
-    _key, _value = _arg[2:].split("=", 1)
-    if _key.startswith("model.backbone."):
-        TINY_BACKBONE[_key.removeprefix("model.backbone.")] = ast.literal_eval(_value)
 
 
 def _rel(path: Path) -> str:
@@ -104,14 +97,16 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
         assert config["evaluation_metrics"]["primary_metric"] == "forces_mae", where
         # DEQ blocks and trainer options parse (a typo is an error there, not silently ignored)
         if backbone.__name__ in ("DEQEquiformerV2Backbone", "DEQEquiformerV2DeNSBackbone"):
-            from fairchem_deq.models import DEQConfig
-            from fairchem_deq.trainers.deq_config import DEQEvalOptions, DEQTrainOptions, parse_options
+            from fairchem_deq.config_blocks import parse_options
+            from fairchem_deq.models import DEQBackboneOptions
+            from fairchem_deq.reuse import ReuseOptions
             from fairchem_deq.trainers.dens_options import check_dens_options
+            from fairchem_deq.trainers.train_options import DEQTrainOptions
 
             dens = backbone.__name__ == "DEQEquiformerV2DeNSBackbone"  # DeNS: its trainer and keys
             assert config["trainer"].endswith("DEQDeNSTrainer" if dens else "DEQForcesTrainer"), where
-            DEQConfig.from_dict(model["backbone"]["deq"])
-            parse_options(DEQEvalOptions, config["task"].get("deq"), "task.deq")
+            DEQBackboneOptions.from_dict(model["backbone"]["deq"])
+            parse_options(ReuseOptions, config.get("task", {}).get("deq"), "task.deq")
             parse_options(DEQTrainOptions, config["optim"].get("deq"), "optim.deq")
             if dens:
                 check_dens_options(copy.deepcopy(config["optim"]))
@@ -121,7 +116,7 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
 
 
 def test_oc20_settings_follow_the_paper_and_fairchem(loaded):
-    from fairchem_deq.models import DEQConfig
+    from fairchem_deq.models import DEQBackboneOptions
 
     for path in OC20:
         config, where = loaded[path], _rel(path)
@@ -154,7 +149,7 @@ def test_oc20_settings_follow_the_paper_and_fairchem(loaded):
             assert (optim["batch_size"], optim["max_epochs"]) == expected, where
         if path.stem.startswith("deq"):
             assert (bb["lmax_list"], bb["mmax_list"], bb["num_layers"]) == ([3], [2], int(path.stem[3])), where
-            deq = DEQConfig.from_dict(bb["deq"])
+            deq = DEQBackboneOptions.from_dict(bb["deq"])
             assert deq.solver == "anderson", where
             for phase in ("train", "eval_cold", "eval_warm"):
                 settings = deq.phase(phase)
@@ -173,7 +168,7 @@ def _tiny_model_config(config: dict) -> dict:
     from conftest import measure_auto_readout_constants
 
     model = copy.deepcopy(config["model"])
-    model["backbone"].update(TINY_BACKBONE)
+    model["backbone"].update(TINY_WIDTH)
     measure_auto_readout_constants(model["backbone"])
     return model
 
@@ -220,10 +215,46 @@ def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread)
             assert len(backbone.blocks) == key[1]
 
 
+# deq keys an include states although they equal the default: the paper's solver tolerances,
+# pinned per phase (a change of the defaults must not change the paper's models)
+PINNED_DEFAULTS = {"train", "eval_cold", "eval_warm"}
+
+
+def test_includes_do_not_restate_deq_defaults():
+    """A deq key whose value is the default adds nothing; the defaults live in the options
+    dataclasses (model.backbone.deq, task.deq, optim.deq), stated once."""
+    import dataclasses
+
+    import yaml
+
+    from fairchem_deq.models import DEQBackboneOptions
+    from fairchem_deq.reuse import ReuseOptions
+    from fairchem_deq.trainers.train_options import DEQTrainOptions
+
+    blocks = {
+        ("model", "backbone", "deq"): dataclasses.asdict(DEQBackboneOptions()),
+        ("task", "deq"): dataclasses.asdict(ReuseOptions()),
+        ("optim", "deq"): dataclasses.asdict(DEQTrainOptions()),
+    }
+    checked = 0
+    for path in sorted((CONFIGS / "includes").rglob("*.yml")):
+        config = yaml.safe_load(path.read_text()) or {}
+        for keys, defaults in blocks.items():
+            block = config
+            for key in keys:
+                block = (block or {}).get(key)
+            for key, value in (block or {}).items():
+                checked += 1
+                restated = key in defaults and value == defaults[key] and key not in PINNED_DEFAULTS
+                assert not restated, f"{_rel(path)}: {'.'.join(keys)}.{key}: {value!r} is the default"
+    assert checked >= 8  # the DEQ1/DEQ2 includes of MD and OC20
+
+
 def test_a_broken_config_is_caught(tmp_path, registry):
     """The checks above can fail: a typo in a deq block, and a conflict between includes."""
     from fairchem.core.common.utils import load_config
-    from fairchem_deq.models import DEQConfig
+
+    from fairchem_deq.models import DEQBackboneOptions
 
     bad = tmp_path / "bad.yml"
     inc = CONFIGS / "includes" / "oc20"
@@ -234,7 +265,7 @@ def test_a_broken_config_is_caught(tmp_path, registry):
     config, _, errors = load_config(bad)
     assert not errors
     with pytest.raises(ValueError, match="max_iters"):
-        DEQConfig.from_dict(config["model"]["backbone"]["deq"])
+        DEQBackboneOptions.from_dict(config["model"]["backbone"]["deq"])
     clash = tmp_path / "clash.yml"
     clash.write_text(f"includes:\n  - {inc / 's2ef_200k.yml'}\n  - {inc / 's2ef_2M.yml'}\n")
     _, _, errors = load_config(clash)

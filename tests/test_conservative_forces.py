@@ -135,7 +135,7 @@ def test_conservative_config_trains_through_fairchem_cli(ethanol_lmdb, tmp_path)
     # differenced along the force and scaled by the energy rmsd, gives the same number (the
     # normalised energy, not the eV total ~ -4200 whose float32 ulp is 5e-4 eV)
     from fairchem_deq import DEQCalculator
-    from fairchem_deq.atoms_batch import atoms_to_batch
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
 
     atoms = ethanol_atoms([100])[0]
     calc = DEQCalculator(checkpoint, tol=1e-5, max_iter=300, reuse=False)

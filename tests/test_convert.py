@@ -100,7 +100,7 @@ def test_npz_paper_split_read_back(md17_lmdb, md17):
         assert dataset.get_metadata("natoms", count - 1) == 9
     # disjoint, covering every frame once; train is drawn at random, not the first 200 frames
     assert sorted(np.concatenate(seen).tolist()) == list(range(300))
-    train, val, test = seen
+    train, _val, test = seen
     assert train.max() >= 200 and test.min() < 200
     # the rest is test, in time order, and the split is reproducible from the seed
     expected = paper_split(300, 200, 20, seed=0)
@@ -283,7 +283,7 @@ def _bad_values(md17, key, index, value):
 
 
 def _traj_frames(n=3):
-    return [atoms for atoms in ase.io.read(TRAJS[0], f":{n}")]
+    return list(ase.io.read(TRAJS[0], f":{n}"))
 
 
 def _make_bad(kind: str, tmp_path: Path, md17) -> Path:

@@ -17,7 +17,7 @@ def _sequence(fn, n):
 
 
 def _history(name, points):
-    from fairchem_deq.warm_start import FixedPointHistory
+    from fairchem_deq.reuse.predictors import FixedPointHistory
 
     h = FixedPointHistory(name)
     for z in points:
@@ -26,7 +26,7 @@ def _history(name, points):
 
 
 def test_predictors_are_exact_on_the_polynomials_they_claim():
-    from fairchem_deq.warm_start import PREDICTORS
+    from fairchem_deq.reuse.predictors import PREDICTORS
 
     linear, quadratic = _sequence(lambda t: 3 - 2 * t, 6), _sequence(lambda t: 0.5 * t * t - t, 6)
     torch.testing.assert_close(_history("linear", linear[:5]).predict(), linear[5])
@@ -45,7 +45,7 @@ def test_predictors_are_exact_on_the_polynomials_they_claim():
 
 
 def test_history_is_bounded_falls_back_while_short_and_never_extrapolates_across_a_jump():
-    from fairchem_deq.warm_start import FixedPointHistory
+    from fairchem_deq.reuse.predictors import FixedPointHistory
 
     z = _sequence(lambda t: t * t, 8)
     h = FixedPointHistory("quadratic")
@@ -68,8 +68,8 @@ def test_history_is_bounded_falls_back_while_short_and_never_extrapolates_across
 
 
 def test_unknown_predictor_names_list_the_choices():
-    from fairchem_deq.trainers import FixedPointCache
-    from fairchem_deq.warm_start import FixedPointHistory
+    from fairchem_deq.reuse import FixedPointCache
+    from fairchem_deq.reuse.predictors import FixedPointHistory
 
     for make in (lambda: FixedPointHistory("cubic"), lambda: FixedPointCache(warm_start="cubic"),
                  lambda: FixedPointCache().use_predictor("cubic")):
@@ -78,16 +78,17 @@ def test_unknown_predictor_names_list_the_choices():
 
 
 def test_trainer_config_key_is_accepted_and_an_unknown_value_rejected():
-    from fairchem_deq.trainers.deq_config import DEQEvalOptions, parse_options
+    from fairchem_deq.config_blocks import parse_options
+    from fairchem_deq.reuse import ReuseOptions
 
-    assert parse_options(DEQEvalOptions, None, "task.deq").warm_start == "last"
-    assert parse_options(DEQEvalOptions, {"warm_start": "aspc"}, "task.deq").warm_start == "aspc"
+    assert parse_options(ReuseOptions, None, "task.deq").warm_start == "last"
+    assert parse_options(ReuseOptions, {"warm_start": "aspc"}, "task.deq").warm_start == "aspc"
     with pytest.raises(ValueError, match="task.deq.warm_start.*'cubic'.*choices"):
-        parse_options(DEQEvalOptions, {"warm_start": "cubic"}, "task.deq")
+        parse_options(ReuseOptions, {"warm_start": "cubic"}, "task.deq")
 
 
 def test_cache_extrapolates_per_system_and_restarts_when_the_atoms_change():
-    from fairchem_deq.trainers import FixedPointCache
+    from fairchem_deq.reuse import FixedPointCache
 
     cache = FixedPointCache(warm_start="linear")
     numbers = torch.arange(1, 10)
@@ -118,7 +119,7 @@ def test_calculator_extrapolates_along_real_frames_matches_cold_and_resets(train
     # tol 1e-3 (as in test_calculator): warm vs cold compares the start, not two loose solutions
     calc = DEQCalculator(trained_checkpoint, tol=1e-3, warm_start="linear")
     cold = DEQCalculator(trained_checkpoint, tol=1e-3, reuse=False)
-    cache = calc.trainer.fixed_point_cache
+    cache = calc.fixed_point_cache
     for atoms in ethanol_atoms(range(5)):
         a, b = atoms.copy(), atoms.copy()
         a.calc, b.calc = calc, cold
@@ -184,8 +185,9 @@ def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpo
 
     from conftest import DATA
 
-    from fairchem_deq.simulate import md_cli, relax_cli
-    from fairchem_deq.simulate.cli_common import load_calculator_and_structure
+    from fairchem_deq.cli import md as md_cli
+    from fairchem_deq.cli import relax as relax_cli
+    from fairchem_deq.cli.common import load_calculator_and_structure
 
     monkeypatch.setenv("LOGLEVEL", "WARNING")  # restored afterwards (the loader sets it)
     for cli in (md_cli, relax_cli):
@@ -196,4 +198,4 @@ def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpo
         with pytest.raises(SystemExit):
             parser.parse_args([*base, "--warm-start", "cubic"])
     calc, atoms = load_calculator_and_structure(parser.parse_args([*base, "--warm-start", "aspc"]))
-    assert calc.trainer.fixed_point_cache.predictor == "aspc" and len(atoms) == 9
+    assert calc.fixed_point_cache.predictor == "aspc" and len(atoms) == 9

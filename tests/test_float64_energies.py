@@ -78,7 +78,8 @@ def test_calculator_and_md_log_energies_are_float64(trained_checkpoint, tmp_path
     assert not float32_representable(energies).any(), energies
 
     run_md(ethanol_atoms([0])[0], calc, steps=6, log=tmp_path / "md.csv", progress=False)
-    epot = [float(r["epot_eV"]) for r in csv.DictReader(open(tmp_path / "md.csv"))]
+    with open(tmp_path / "md.csv") as f:
+        epot = [float(r["epot_eV"]) for r in csv.DictReader(f)]
     assert len(set(epot)) == len(epot)  # float32: the same -17617.748046875 at every step
     assert not float32_representable(epot).any()
 

@@ -33,11 +33,11 @@ def test_empty_trajectory_is_a_submission_error(tmp_path):
     with pytest.raises(SubmissionError, match="1000163.traj: the trajectory has no frames"):
         check_predictions(bad, "is2re")
     with pytest.raises(SubmissionError, match="no frames"):  # --no-check: caught after fairchem's merge
-        make_submission({s: bad for s in SPLITS}, tmp_path / "sub.npz", task="is2re", check=False)
+        make_submission(dict.fromkeys(SPLITS, bad), tmp_path / "sub.npz", task="is2re", check=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no (partial) submission file
     good = is2re_dir(tmp_path / "good", empty=False)
     assert check_predictions(good, "is2re") == {"systems": 2, "atoms": 0}
-    out = make_submission({s: good for s in SPLITS}, tmp_path / "sub.npz", task="is2re")
+    out = make_submission(dict.fromkeys(SPLITS, good), tmp_path / "sub.npz", task="is2re")
     assert np.all(np.isfinite(np.load(out)["id_energy"]))
 
 

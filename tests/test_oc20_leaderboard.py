@@ -161,7 +161,7 @@ def test_s2ef_submission_from_predictions(predictions, tmp_path):
 
 
 def test_submission_cli_and_its_checks(predictions, tmp_path, capsys):
-    from fairchem_deq import leaderboard_cli
+    from fairchem_deq.cli import leaderboard as leaderboard_cli
     from fairchem_deq.leaderboard import SubmissionError, check_predictions, make_submission
 
     path = str(predictions / "s2ef_predictions.npz")
@@ -221,10 +221,10 @@ def test_is2rs_and_is2re_submissions_from_relaxations(relaxations, tmp_path):
     from fairchem_deq.leaderboard import make_submission
 
     positions = relaxations / "results" / "relax" / "relaxed_positions.npz"
-    out = make_submission({s: positions for s in SPLITS}, tmp_path / "is2rs.npz", task="is2rs")
+    out = make_submission(dict.fromkeys(SPLITS, positions), tmp_path / "is2rs.npz", task="is2rs")
     assert set(np.load(out).files) == {f"{s}_{k}" for s in SPLITS for k in ("ids", "pos", "chunk_idx")}
     trajs = relaxations / "trajs"
-    out = make_submission({s: trajs for s in SPLITS}, tmp_path / "is2re.npz", task="is2re")
+    out = make_submission(dict.fromkeys(SPLITS, trajs), tmp_path / "is2re.npz", task="is2re")
     is2re = np.load(out)
     assert sorted(str(i) for i in is2re["id_ids"]) == ["1000156", "1000163"]
     assert np.all(np.isfinite(is2re["ood_both_energy"]))
@@ -238,6 +238,7 @@ def test_official_s2ef_keys_and_converted_keys_read_with_the_same_key_mapping(tm
     import lmdb
     from fairchem.core.common.utils import load_config
     from fairchem.core.datasets import LmdbDataset
+
     from fairchem_deq.data import convert
 
     convert([DATA / "random1000156.traj"], tmp_path / "ours", split="none", oc20_tags=True, progress=False)

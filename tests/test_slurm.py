@@ -1,4 +1,4 @@
-"""The sweep launcher (fairchem_deq.launch.sweep) without a cluster: submitit renders the
+"""The sweep launcher (fairchem_deq.launch, fairchem-deq sweep) without a cluster: submitit renders the
 sbatch script of the array job (dry run), and its LocalExecutor runs a real tiny training
 through fairchem's Runner, including a preemption that requeues it via Runner.checkpoint.
 """
@@ -15,13 +15,14 @@ import torch
 from cli_helpers import REPO, TINY_OVERRIDES, logged_steps
 from conftest import DATA
 
-from fairchem_deq.launch import sweep
+from fairchem_deq import launch as sweep
+from fairchem_deq.cli import sweep as sweep_cli
 
 MD22 = REPO / "configs" / "md22"
 
 
 def _dry_run(capsys, *args) -> tuple[str, str]:
-    assert sweep.main([*map(str, args), "--dry-run"]) == 0
+    assert sweep_cli.main([*map(str, args), "--dry-run"]) == 0
     out = capsys.readouterr().out
     listing, _, script = out.partition("# sbatch script (submitit, not submitted):")
     return listing, script
@@ -86,7 +87,7 @@ def test_config_selection_errors(tmp_path, capsys):
     assert not [p for p in sweep.expand_configs([REPO / "configs"]) if "includes" in p.parts]
     with pytest.raises(ValueError, match="deq3"):
         sweep.expand_configs([MD22], ["deq3"])
-    assert sweep.main([str(tmp_path / "missing"), "--dry-run"]) == 2
+    assert sweep_cli.main([str(tmp_path / "missing"), "--dry-run"]) == 2
     assert "no such config" in capsys.readouterr().err
     with pytest.raises(ValueError, match="same identifier"):
         sweep.build_run_configs([MD22 / "dha/deq1.yml", MD22 / "dha/deq1.yml"])

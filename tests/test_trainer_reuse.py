@@ -97,8 +97,8 @@ def _relax(tmp_path, checkpoint, ethanol_lmdb, relax_src, name, reuse):
 
 def test_run_relaxations_reuses_fixed_points_across_optimiser_steps(tmp_path, trained_checkpoint, ethanol_lmdb):
     from ase.io import read
-
     from conftest import DATA
+
     from fairchem_deq.data import convert
 
     initial = tmp_path / "initial.traj"

@@ -58,7 +58,7 @@ def test_sid_fid_come_from_metadata_through_fairchems_shuffled_subset(ethanol_tr
 
 
 def test_fixed_point_cache_is_bounded_checks_species_and_accepts_any_sid():
-    from fairchem_deq.trainers import FixedPointCache
+    from fairchem_deq.reuse import FixedPointCache
 
     cache = FixedPointCache(max_systems=2)
     z = torch.ones(9, 4, 2)
@@ -75,7 +75,7 @@ def test_fixed_point_cache_is_bounded_checks_species_and_accepts_any_sid():
 
 def test_cache_holds_copies_bounded_by_bytes_and_drops_finished_systems():
     """Entries were views pinning their whole batch tensor, bounded only by count."""
-    from fairchem_deq.trainers import FixedPointCache
+    from fairchem_deq.reuse import FixedPointCache
 
     batch_state = torch.zeros(100, 16, 8)  # a batch of 10 systems x 10 atoms: 51,200 bytes
     per_system = 10 * 16 * 8 * 4
@@ -94,7 +94,7 @@ def test_cache_holds_copies_bounded_by_bytes_and_drops_finished_systems():
 
 
 def test_cache_reuses_only_for_a_nearby_structure_under_the_minimum_image():
-    from fairchem_deq.trainers import FixedPointCache
+    from fairchem_deq.reuse import FixedPointCache
 
     slab = oc20_atoms()
     batch = to_batch([slab], sids=[3])
@@ -104,20 +104,20 @@ def test_cache_reuses_only_for_a_nearby_structure_under_the_minimum_image():
     moved = slab.copy()
     moved.positions[0] += moved.cell[0]  # wrapped across the cell: the same structure
     moved.positions[1] += [0.1, 0.1, 0.0]
-    assert cache.warm_start(to_batch([moved], sids=[3])) is not None and cache.refused == 0
+    assert cache.initial_guess(to_batch([moved], sids=[3])).z0 is not None and cache.refused == 0
     far = slab.copy()
     far.positions[5] += [0.0, 0.0, 0.3]
-    assert cache.warm_start(to_batch([far], sids=[3])) is None
+    assert cache.initial_guess(to_batch([far], sids=[3])).z0 is None
     assert cache.refused == 1 and 3 not in cache  # refused: the history restarts
 
 
-def test_cache_warm_start_fills_misses_with_cold_rows():
-    from fairchem_deq.trainers import FixedPointCache
+def test_cache_initial_guess_fills_misses_with_cold_rows():
+    from fairchem_deq.reuse import FixedPointCache
 
     batch = to_batch(ethanol_atoms([0, 1]), sids=[5, 6])
     cache = FixedPointCache()
-    assert cache.warm_start(batch) is None
+    assert cache.initial_guess(batch).z0 is None
     cache.put(6, 0, torch.full((9, 4, 2), 2.0), batch.atomic_numbers[9:].long())
-    warm = cache.warm_start(batch)
+    warm = cache.initial_guess(batch).z0
     assert warm.shape == (18, 4, 2)
     assert np.all(warm[:9].numpy() == 0) and np.all(warm[9:].numpy() == 2)

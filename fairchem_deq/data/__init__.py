@@ -1,5 +1,6 @@
 """Data conversion: MD17/MD22 npz, extxyz and ASE .traj -> split fairchem LMDBs (see convert)."""
 
+from fairchem_deq.data.atoms_graphs import atoms_to_data
 from fairchem_deq.data.convert import (
     PAPER_SPLITS,
     SplitError,
@@ -11,7 +12,7 @@ from fairchem_deq.data.convert import (
     paper_split,
     plan_splits,
 )
-from fairchem_deq.data.lmdb_writer import atomic_directory, atoms_to_data, write_lmdb, write_metadata
+from fairchem_deq.data.lmdb_writer import write_lmdb, write_metadata
 from fairchem_deq.data.oc20_tags import fixed_mask, oc20_tags
 from fairchem_deq.data.readers import (
     ENERGY_UNITS_IN_EV,
@@ -25,6 +26,7 @@ from fairchem_deq.data.readers import (
     read_traj,
     system_id_from_name,
 )
+from fairchem_deq.outputs import atomic_directory  # the writers' all-or-nothing output folder
 
 __all__ = [
     "ENERGY_UNITS_IN_EV",

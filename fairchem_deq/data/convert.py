@@ -42,25 +42,19 @@ from ase.data import chemical_symbols
 from tqdm import tqdm
 
 from fairchem_deq.command import OutputExistsError, UserError
-from fairchem_deq.data.lmdb_writer import (
-    LMDB_NAME,
-    METADATA_NAME,
-    atomic_directory,
-    atoms_to_data,
-    make_atoms_to_graphs,
-    write_lmdb,
-    write_metadata,
-)
+from fairchem_deq.data.atoms_graphs import atoms_to_data, make_atoms_to_graphs
+from fairchem_deq.data.lmdb_writer import LMDB_NAME, METADATA_NAME, write_lmdb, write_metadata
 from fairchem_deq.data.oc20_tags import oc20_tags as rebuild_oc20_tags
 from fairchem_deq.data.readers import (
-    SUFFIX_FORMATS,
     MAX_NUM_ELEMENTS,
     MOLECULE_CELL,
+    SUFFIX_FORMATS,
     DatasetFormatError,
     normalize_unit,
     read_frames,
     system_id_from_name,
 )
+from fairchem_deq.outputs import atomic_directory
 
 SPLIT_MODES = ("paper", "none", "test")
 SPLIT_BY = ("frame", "system")

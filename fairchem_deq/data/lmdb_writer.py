@@ -1,10 +1,11 @@
-"""Writer: ase.Atoms frames -> one fairchem LMDB file + metadata.npz, and atomic output dirs.
+"""Writer: ase.Atoms frames -> one fairchem LMDB file + metadata.npz.
 
 The LMDB matches what fairchem's `LmdbDataset` reads: keys "0".."n-1" (ascii), values pickled
 torch_geometric `Data`, plus "length" -> pickled int. `metadata.npz` holds `natoms` (int32, one
 per entry, in key order), the file `make_lmdb_sizes` writes, so `load_balancing: atoms` works.
-`atomic_directory` makes a conversion all-or-nothing: everything is written into a temporary
-sibling and renamed into place only after it all succeeded.
+Both writers write in place: they fill a dataset folder that is published whole, so call them
+inside fairchem_deq.outputs.atomic_directory (as `convert` does), never on a final path. A
+per-file rename inside that temporary folder would add nothing.
 """
 
 from __future__ import annotations
@@ -15,40 +16,11 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-import torch
-from ase import Atoms
-
-from fairchem_deq.outputs import atomic_directory  # noqa: F401  (re-exported: fairchem_deq.data)
 
 LMDB_NAME = "data.lmdb"
 METADATA_NAME = "metadata.npz"
 _INITIAL_MAP_SIZE = 1 << 26  # 64 MiB; doubled whenever the map is full
 _COMMIT_EVERY = 1000
-
-
-def make_atoms_to_graphs():
-    """fairchem's AtomsToGraphs with energy, forces, fixed and pbc, no precomputed edges."""
-    from fairchem.core.preprocessing import AtomsToGraphs
-
-    return AtomsToGraphs(
-        r_energy=True, r_forces=True, r_fixed=True, r_edges=False, r_distances=False, r_pbc=True
-    )
-
-
-def atoms_to_data(atoms: Atoms, sid: int, fid: int, a2g=None):
-    """One frame -> torch_geometric Data with sid/fid LongTensors [1], pbc as bool [1, 3] and
-    `id` "<sid>_<fid>" (the S2EF naming; fairchem's LmdbDataset keeps it when `src` is the
-    data.lmdb file and replaces it by "<file index>_<entry index>" when `src` is a folder).
-
-    pbc is stored [1, 3] (like cell [1, 3, 3]) so that a batch holds [B, 3], which is what
-    fairchem's `radius_graph_pbc` indexes; AtomsToGraphs alone would give [3].
-    """
-    data = (a2g or make_atoms_to_graphs()).convert(atoms)
-    data.sid = torch.tensor([sid], dtype=torch.long)
-    data.fid = torch.tensor([fid], dtype=torch.long)
-    data.pbc = data.pbc.view(1, 3)
-    data.id = f"{sid}_{fid}"
-    return data
 
 
 def write_lmdb(path: str | Path, data_objects: Iterable) -> np.ndarray:

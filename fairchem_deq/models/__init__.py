@@ -1,13 +1,13 @@
 """Models: the DEQuiformer backbone (registered as `deq_equiformer_v2_backbone`)."""
 
-from .deq_config import DEQConfig, SolveSettings
 from .deq_equiformer_v2 import DEQEquiformerV2Backbone, DEQFixedPointLayer
 from .deq_equiformer_v2_dens import DEQEquiformerV2DeNSBackbone
+from .deq_options import DEQBackboneOptions, SolveSettings
 from .deq_solver import DEQDivergenceError, StructureDEQSolver
 from .gradient_forces_head import EnergyGradientForcesHead
 
 __all__ = [
-    "DEQConfig",
+    "DEQBackboneOptions",
     "DEQDivergenceError",
     "DEQEquiformerV2Backbone",
     "DEQEquiformerV2DeNSBackbone",

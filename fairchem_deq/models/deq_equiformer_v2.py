@@ -12,6 +12,8 @@ point, and applies its final norm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,44 +23,45 @@ from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbon
 from fairchem.core.models.equiformer_v2.so3 import SO3_Embedding
 from torch import nn
 
-from .deq_config import PHASES, DEQConfig
+from .deq_options import PHASES, DEQBackboneOptions
 from .deq_solver import DEQSolveResult, StructureDEQSolver
-from .injection import get_injection
-from .padded_layout import PaddedLayout
 from .solve_scope import SolveScope, attach_solve_scope
 
 
-@dataclass
-class _SolveInputs:
-    natoms: torch.Tensor
-    warm_start: torch.Tensor | None
-
-
 class DEQFixedPointLayer(nn.Module):
-    """Stands where EquiformerV2's block loop calls `blocks[i](x, ...)`; returns z*."""
+    """Stands where EquiformerV2's block loop calls `blocks[i](x, ...)`; returns z*.
 
-    def __init__(self, blocks: nn.ModuleList, config: DEQConfig):
+    The loop passes only node features and graph tensors, so what else one solve needs (the
+    structure sizes, the initial guess) and what it returns besides z* (statistics, states)
+    travel in a `_Solve` record that `DEQEquiformerV2Backbone.forward` opens around the
+    parent's forward (`solving`) and closes after it."""
+
+    def __init__(self, blocks: nn.ModuleList, options: DEQBackboneOptions):
         super().__init__()
         self.blocks = blocks
-        self.injection = get_injection(config.injection)
-        self.solver = StructureDEQSolver(config)
+        self.injection = get_injection(options.injection)
+        self.solver = StructureDEQSolver(options)
         self.scope = SolveScope(attach_solve_scope(self.blocks))
-        self._inputs: _SolveInputs | None = None
-        self.last_layout: PaddedLayout | None = None
-        self.last_result: DEQSolveResult | None = None
+        self._solve: _Solve | None = None
 
-    def prepare(self, natoms: torch.Tensor, warm_start: torch.Tensor | None) -> None:
-        self._inputs = _SolveInputs(natoms, warm_start)
+    @contextmanager
+    def solving(self, natoms: torch.Tensor, initial_guess: torch.Tensor | None):
+        """The record of the one solve that runs inside this context."""
+        self._solve = _Solve(PaddedLayout(natoms), initial_guess)
+        try:
+            yield self._solve
+        finally:
+            self._solve = None
 
     def forward(self, x, atomic_numbers, edge_distance, edge_index, batch, node_offset=0):
-        if self._inputs is None:
-            raise RuntimeError("DEQFixedPointLayer.prepare() must be called before forward")
-        inputs, self._inputs = self._inputs, None
-        layout = PaddedLayout(inputs.natoms)
+        solve = self._solve
+        if solve is None:
+            raise RuntimeError("DEQFixedPointLayer runs inside DEQEquiformerV2Backbone.forward (solving())")
+        layout, guess = solve.layout, solve.initial_guess
         x_inj = x.embedding
-        if inputs.warm_start is not None and inputs.warm_start.shape != x_inj.shape:
+        if guess is not None and guess.shape != x_inj.shape:
             raise ValueError(
-                f"fixed_point warm start has shape {tuple(inputs.warm_start.shape)}, expected "
+                f"initial guess has shape {tuple(guess.shape)}, expected "
                 f"{tuple(x_inj.shape)} ([n_atoms, (lmax+1)^2, sphere_channels]); the structure "
                 "or the model changed since it was computed"
             )
@@ -74,28 +77,27 @@ class DEQFixedPointLayer(nn.Module):
                 )
             return layout.pad(emb.embedding)
 
-        warm = inputs.warm_start is not None
-        if warm:
-            z0 = layout.pad(inputs.warm_start.detach().to(x_inj.dtype))
+        warm_started = guess is not None
+        if warm_started:
+            z0 = layout.pad(guess.detach().to(x_inj.dtype))
             # rows left at zero are cold starts: the batch then keeps the cold tolerance
-            warm = bool((z0.flatten(1) != 0).any(dim=1).all())
+            warm_started = bool((z0.flatten(1) != 0).any(dim=1).all())
         else:
             z0 = x_inj.new_zeros((layout.num_structures, layout.n_max, *x_inj.shape[1:]))
         # energy-gradient forces: z* must carry the positions' graph (edge distances)
         track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
-        result = self.solver(f, z0, warm, self.scope, track_inputs=track)
-        self.last_layout, self.last_result = layout, result
+        solve.result = self.solver(f, z0, warm_started, self.scope, track_inputs=track)
         out = SO3_Embedding(0, x.lmax_list.copy(), x.num_channels, x_inj.device, x_inj.dtype)
-        out.set_embedding(layout.unpad(result.fixed_point))
+        out.set_embedding(layout.unpad(solve.result.fixed_point))
         return out
 
 
 @registry.register_model("deq_equiformer_v2_backbone")
 class DEQEquiformerV2Backbone(EquiformerV2Backbone):
-    """EquiformerV2Backbone's arguments plus `deq` (see `DEQConfig`).
+    """EquiformerV2Backbone's arguments plus `deq` (see `DEQBackboneOptions`).
 
-    Reads an optional batch attribute `fixed_point` [n_atoms, (lmax+1)^2, C] as the initial
-    guess (warm start). Adds to the backbone output: `fixed_point` (detached, same shape),
+    Reads an optional batch attribute `initial_guess` [n_atoms, (lmax+1)^2, C] where the
+    solve starts (fairchem_deq.reuse sets it; zero rows start cold). Adds to the backbone output: `fixed_point` (detached, same shape),
     `deq_stats` (per-structure tensors nstep, abs_residual, rel_residual, converged, finite,
     fallback; scalar nfe) and, in training with deq.n_states > 1, `deq_states`: the
     intermediate solver states as normed SO3_Embeddings for the fixed-point-correction loss.
@@ -120,17 +122,19 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         if self.activation_checkpoint:
             raise ValueError("activation_checkpoint is meaningless for a DEQ backbone: "
                              "implicit gradients store no solver activations")
-        self.deq_config = DEQConfig.from_dict(deq)
-        if not direct_forces and self.deq_config.grad == "ift":
+        self.deq_options = DEQBackboneOptions.from_dict(deq)
+        if not direct_forces and self.deq_options.grad == "ift":
             raise ValueError(
                 "energy-gradient forces (direct_forces: False) train through a k-step phantom "
                 "gradient of the fixed point (a force loss needs second derivatives, which "
                 "TorchDEQ's implicit backward does not provide): set deq.grad to an int, e.g. 6. "
                 "Evaluation still differentiates z* implicitly (exact to deq.b_tol)."
             )
-        _scale_branch_outputs(self.blocks, self.deq_config.branch_init_scale)
-        self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_config)])
-        self.num_layers = 1  # the parent's block loop calls the fixed-point layer once
+        _scale_branch_outputs(self.blocks, self.deq_options.branch_init_scale)
+        self.blocks_in_f = num_layers  # TransBlockV2 blocks evaluated once per iteration of f
+        self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_options)])
+        # fairchem's block loop runs `num_layers` times: it calls the fixed-point layer once
+        self.num_layers = 1
 
     def set_solver_settings(self, phase: str, **changes) -> None:
         """E.g. set_solver_settings("eval_warm", tol=1e-3): phases train/eval_cold/eval_warm."""
@@ -145,18 +149,15 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     def forward(self, data) -> dict:
         if gp_utils.initialized():
             raise NotImplementedError("graph parallelism is not supported by the DEQ backbone")
-        warm_start = getattr(data, "fixed_point", None)
         if self.regress_forces and not self.direct_forces and not data.pos.requires_grad:
             data.pos.requires_grad_(True)  # forces = -dE/dpos: the graph must start here
-        self.deq_layer.prepare(data.natoms, warm_start)
-        out = super().forward(data)
-        layer = self.deq_layer
-        layout, result = layer.last_layout, layer.last_result
+        with self.deq_layer.solving(data.natoms, getattr(data, "initial_guess", None)) as solve:
+            out = super().forward(data)
+        layout, result = solve.layout, solve.result
         out["fixed_point"] = layout.unpad(result.fixed_point).detach()
         out["deq_stats"] = result.stats
         if self.training and len(result.states) > 1:
             out["deq_states"] = [self._normed(layout.unpad(s)) for s in result.states[:-1]]
-        self.last_output = out  # read by DEQForcesTrainer (hydra returns head outputs only)
         return out
 
     def _normed(self, z: torch.Tensor) -> SO3_Embedding:
@@ -175,3 +176,84 @@ def _scale_branch_outputs(blocks: nn.ModuleList, scale: float) -> None:
             linear.weight.mul_(scale)
             if linear.bias is not None:
                 linear.bias.mul_(scale)
+
+
+# ---- the solve record -------------------------------------------------------------
+@dataclass
+class _Solve:
+    layout: PaddedLayout
+    initial_guess: torch.Tensor | None
+    result: DEQSolveResult | None = None
+
+
+# ---- one solver row per structure ---------------------------------------------------
+# One solver row per structure: node features [n_atoms, L, C] <-> [B, n_max, L, C].
+#
+# TorchDEQ treats dim 0 as the batch: per row it mixes its own Anderson history and measures
+# its own residual. Padding each structure to the largest one in the batch makes a row a
+# structure, so convergence is judged per structure and a structure's iterates do not
+# depend on what else is in the batch. Padded slots stay exactly zero.
+class PaddedLayout:
+    """Node features [n_atoms, L, C] <-> solver rows [B, n_max, L, C]."""
+
+    def __init__(self, natoms: torch.Tensor):
+        natoms = natoms.long()
+        self.num_structures = len(natoms)
+        self.n_max = int(natoms.max()) if self.num_structures else 0
+        self.num_atoms = int(natoms.sum())
+        # a single structure needs no padding: pad/unpad are views
+        self.trivial = self.num_structures == 1
+        if not self.trivial:
+            device = natoms.device
+            batch = torch.repeat_interleave(torch.arange(self.num_structures, device=device), natoms)
+            offsets = torch.cumsum(natoms, 0) - natoms
+            local = torch.arange(self.num_atoms, device=device) - offsets[batch]
+            self.index = batch * self.n_max + local
+
+    def pad(self, nodes: torch.Tensor) -> torch.Tensor:
+        if self.trivial:
+            return nodes.unsqueeze(0)
+        out = nodes.new_zeros((self.num_structures * self.n_max, *nodes.shape[1:]))
+        out = out.index_copy(0, self.index, nodes)
+        return out.view(self.num_structures, self.n_max, *nodes.shape[1:])
+
+    def unpad(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.trivial:
+            return rows.reshape(rows.shape[1:])
+        flat = rows.reshape(self.num_structures * self.n_max, *rows.shape[2:])
+        return flat.index_select(0, self.index)
+
+
+# ---- input injection: how x enters f(z, x) -----------------------------------------
+_EPS = 1e-8
+
+
+def norm_preserving_add(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(z + x) rescaled per atom to the norm of x: the paper's best injection.
+
+    The per-atom norm over all (l, m, channel) coefficients is rotation invariant, so the
+    rescaling keeps equivariance, and it keeps |z| bounded whatever the iterate does.
+    """
+    y = z + x
+    x_norm = x.norm(dim=(1, 2), keepdim=True)
+    return y * (x_norm / (y.norm(dim=(1, 2), keepdim=True) + _EPS))
+
+
+def add(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Plain sum z + x."""
+    return z + x
+
+
+INJECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "norm_add": norm_preserving_add,
+    "add": add,
+}
+
+
+def get_injection(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    try:
+        return INJECTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown DEQ injection {name!r}; choose one of {sorted(INJECTIONS)}"
+        ) from None

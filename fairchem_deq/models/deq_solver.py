@@ -13,7 +13,15 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
   failed warm start, and a clear error (or warning) instead of a silent NaN prediction;
 - in evaluation, on request (`track_inputs`: energy-gradient forces), the fixed point is
   returned with an implicit-differentiation graph to f's inputs (positions), so that
-  -dE/dpos runs through z* (TorchDEQ's IFT backward, to b_tol).
+  -dE/dpos runs through z* (TorchDEQ's IFT backward, to b_tol);
+- a stopping rule that bounds the error of the returned state, not only its residual
+  (`stop_mode: error`): per structure, the contraction factor q of f is estimated from the
+  solve's own evaluations and the solve ends when q/(1-q) x the relative residual (the
+  a-posteriori bound of a contraction on ||f(z_k) - z*|| / ||f(z_k)||) is below tol.
+  Every solve reports per structure `contraction` (that estimate of q) and
+  `error_estimate` (the bound for the returned state); a caller may hand the contraction of
+  a previous solve of the same structures back in (`forward(..., contraction=...)`) so that
+  a warm start judged after one evaluation does not rely on the default `error_q0`.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from torchdeq import get_deq
 from torchdeq.grad import backward_factory
 from torchdeq.solver import get_solver
 
-from .deq_config import DEQConfig, SolveSettings
+from .deq_options import DEQBackboneOptions, SolveSettings
 from .solve_scope import SolveScope
 
 _EPS = 1e-9
+# the statistic each stop_mode tests against tol
+_REPORTED = {"rel": "rel_residual", "abs": "abs_residual", "error": "error_estimate"}
 
 
 class DEQDivergenceError(FloatingPointError):
@@ -49,10 +59,45 @@ class _AllConverged(Exception):
     (the state returned is the tracked lowest-residual one)."""
 
 
+# secant ratios over which the contraction estimate takes its maximum (the newest ones)
+_Q_WINDOW = 2
+
+
+def _torchdeq_stop(phase: str, settings: SolveSettings) -> tuple[float, str]:
+    """(f_tol, f_stop_mode) for TorchDEQ's core of one phase. TorchDEQ knows "rel"/"abs"
+    only. For "error" in evaluation its own check must never end a solve before the error
+    rule holds: relative residuals below tol * (1 - q_max) / q_max satisfy the rule for any
+    estimate q <= q_max, so at such an evaluation the tracker inside f (which runs before
+    TorchDEQ's check) has already ended the solve; /10 is a margin for rounding. In training
+    the solve stops on the relative residual at tol (the tracker never ends training solves)."""
+    if settings.stop_mode != "error":
+        return settings.tol, settings.stop_mode
+    if phase == "train":
+        return settings.tol, "rel"
+    q_max = settings.error_q_max
+    return settings.tol * (1.0 - q_max) / q_max / 10.0, "rel"
+
+
+def _bound_factor(q: torch.Tensor) -> torch.Tensor:
+    """q / (1 - q): ||f(z) - z*|| <= q/(1-q) ||f(z) - z|| for a q-contraction f."""
+    return q / (1.0 - q)
+
+
 class _TrackedFunction:
     """Wraps f: marks iterations for the solve scope, records per-structure residuals and
     keeps, per structure, the evaluated f(z) with the lowest residual (the state the solve
     returns in evaluation, so that `converged` and the residuals describe exactly it).
+
+    It also estimates, per structure, the contraction factor q of f from consecutive
+    evaluations (secant ratio ||f(z_j) - f(z_{j-1})|| / ||z_j - z_{j-1}||; for a plain
+    fixed-point step z_j = f(z_{j-1}) this is the ratio of successive residuals), taking the
+    largest of the last `_Q_WINDOW` ratios clipped to [0, error_q_max]; with no ratio yet
+    (first evaluation) q is the caller's `prior` or `error_q0`. The error estimate of the
+    lowest-residual state is q/(1-q) x its relative residual, with the newest q (the best
+    state is chosen by relative residual, so it is also the state of lowest estimate). With
+    stop_mode "error", that estimate is the convergence test; since a later q may be larger,
+    a structure can lose its convergence again (its `nstep` is then the evaluation from which
+    the rule held to the end).
 
     Only the solver's own evaluations count: they run without autograd, whereas the
     gradient rule's evaluations after the solve (TorchDEQ's phantom steps, the IFT's f(z*))
@@ -61,7 +106,8 @@ class _TrackedFunction:
     and check only after the third: a warm start could never beat a cold one)."""
 
     def __init__(self, f, z0: torch.Tensor, settings: SolveSettings, scope: SolveScope,
-                 exit_early: bool = False, keep_best: bool = False):
+                 exit_early: bool = False, keep_best: bool = False,
+                 prior: torch.Tensor | float | None = None):
         self.f, self.shape, self.settings, self.scope = f, z0.shape, settings, scope
         self.exit_early = exit_early
         self.recording = True
@@ -72,6 +118,13 @@ class _TrackedFunction:
         self.abs_at_lowest = torch.full((rows,), float("inf"), device=device)
         self.rel_at_lowest = torch.full((rows,), float("inf"), device=device)
         self.best = z0.detach().clone() if keep_best else None
+        # contraction estimate: the previous evaluation and the newest secant ratios (NaN:
+        # none yet); the prior stands in until a ratio exists
+        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ratios = torch.full((rows, _Q_WINDOW), float("nan"), device=device, dtype=z0.dtype)
+        prior = settings.error_q0 if prior is None else prior
+        prior = torch.as_tensor(prior, dtype=torch.float32, device=device).reshape(-1).expand(rows)
+        self.prior = torch.nan_to_num(prior, nan=settings.error_q0).clamp(0.0, settings.error_q_max)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         self.scope.start_iteration()
@@ -79,7 +132,7 @@ class _TrackedFunction:
         if self.recording and not torch.is_grad_enabled():
             converged_now = self._record(z, fz)
             if self.exit_early and bool(converged_now.all()):
-                raise _AllConverged()
+                raise _AllConverged
         return fz
 
     @torch.no_grad()
@@ -87,9 +140,9 @@ class _TrackedFunction:
         self.nfe += 1
         diff = (fz - z).flatten(1).norm(dim=1)
         rel = diff / (fz.flatten(1).norm(dim=1) + _EPS)
-        metric = rel if self.settings.stop_mode == "rel" else diff
-        newly = (self.first_converged == 0) & (metric < self.settings.tol)
-        self.first_converged = torch.where(newly, self.nfe, self.first_converged)
+        self._update_contraction(z, fz)
+        error_rule = self.settings.stop_mode == "error"
+        metric = diff if self.settings.stop_mode == "abs" else rel
         better = metric < self.lowest  # False for NaN: a NaN step never becomes "best"
         self.lowest = torch.where(better, metric, self.lowest)
         self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
@@ -97,16 +150,53 @@ class _TrackedFunction:
         if self.best is not None:
             rows = better.view(-1, *([1] * (self.best.dim() - 1)))
             self.best = torch.where(rows, fz.detach().reshape(self.shape), self.best)
-        return metric < self.settings.tol
+        if error_rule:
+            met = self.error_estimate() < self.settings.tol  # of the best state, newest q
+            # the rule must hold from nstep on: a grown q can undo an earlier convergence
+            self.first_converged = torch.where(
+                met, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0)
+        else:
+            met = metric < self.settings.tol
+            newly = (self.first_converged == 0) & met
+            self.first_converged = torch.where(newly, self.nfe, self.first_converged)
+        return met
+
+    def _update_contraction(self, z, fz) -> None:
+        """Secant ratio of this evaluation and the previous one (copies: solvers reuse their
+        buffers), appended to the window; a vanishing step (||dz|| ~ 0) gives no ratio."""
+        z, fz = z.detach().flatten(1), fz.detach().flatten(1)
+        if self.previous is not None:
+            z_prev, fz_prev = self.previous
+            step = (z - z_prev).norm(dim=1)
+            ratio = (fz - fz_prev).norm(dim=1) / step.clamp_min(_EPS)
+            valid = (step > _EPS * (z.norm(dim=1) + 1.0)) & torch.isfinite(ratio)
+            ratio = torch.where(valid, ratio, float("nan"))
+            self.ratios = torch.cat([self.ratios[:, 1:], ratio[:, None].to(self.ratios.dtype)], dim=1)
+        self.previous = (z.clone(), fz.clone())
+
+    def contraction(self) -> torch.Tensor:
+        """Per-structure estimate of f's contraction factor (see the class docstring)."""
+        known = ~torch.isnan(self.ratios)
+        newest = torch.where(known, self.ratios, -1.0).amax(dim=1)
+        q = torch.where(known.any(dim=1), newest, self.prior)
+        return q.clamp(0.0, self.settings.error_q_max)
+
+    def error_estimate(self) -> torch.Tensor:
+        """q/(1-q) x relative residual of the lowest-residual state: a bound on its relative
+        distance ||f(z_k) - z*|| / ||f(z_k)|| to the fixed point if f is a q-contraction."""
+        return _bound_factor(self.contraction()) * self.rel_at_lowest
 
     def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
-        converged = self.lowest < self.settings.tol
+        error = self.error_estimate()
+        converged = (error if self.settings.stop_mode == "error" else self.lowest) < self.settings.tol
         finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
         return {
             "nstep": torch.where(converged, self.first_converged, self.nfe),
             "abs_residual": self.abs_at_lowest,
             "rel_residual": self.rel_at_lowest,
+            "error_estimate": error,
+            "contraction": self.contraction(),
             "converged": converged & finite,
             "finite": finite,
             "fallback": torch.zeros_like(converged),
@@ -115,61 +205,66 @@ class _TrackedFunction:
 
 
 class StructureDEQSolver(nn.Module):
-    def __init__(self, config: DEQConfig):
+    def __init__(self, options: DEQBackboneOptions):
         super().__init__()
-        self.config = config
-        grad = config.grad
+        self.options = options
+        grad = options.grad
         # TorchDEQ cores hold no parameters; as submodules they follow .train()/.eval()
         self.cores = nn.ModuleDict(
             {
                 f"phase_{phase}": get_deq(
                     core="sliced",
-                    f_solver=config.solver,
-                    b_solver=config.b_solver,
+                    f_solver=options.solver,
+                    b_solver=options.b_solver,
                     f_max_iter=s.max_iter,
                     eval_f_max_iter=s.max_iter,
-                    f_tol=s.tol,
-                    f_stop_mode=s.stop_mode,
-                    b_max_iter=config.b_max_iter,
-                    b_tol=config.b_tol,
-                    b_stop_mode=config.b_stop_mode,
+                    f_tol=_torchdeq_stop(phase, s)[0],
+                    f_stop_mode=_torchdeq_stop(phase, s)[1],
+                    b_max_iter=options.b_max_iter,
+                    b_tol=options.b_tol,
+                    b_stop_mode=options.b_stop_mode,
                     ift=grad == "ift",
                     grad=1 if grad == "ift" else int(grad),
-                    n_states=int(config.n_states),
+                    n_states=int(options.n_states),
                 )
                 for phase, s in (
-                    ("train", config.train),
-                    ("eval_cold", config.eval_cold),
-                    ("eval_warm", config.eval_warm),
+                    ("train", options.train),
+                    ("eval_cold", options.eval_cold),
+                    ("eval_warm", options.eval_warm),
                 )
             }
         )
 
         # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
         self._implicit = backward_factory(
-            grad_type="ift", b_solver=get_solver(config.b_solver),
-            b_solver_kwargs=dict(max_iter=config.b_max_iter, tol=config.b_tol, stop_mode=config.b_stop_mode),
+            grad_type="ift", b_solver=get_solver(options.b_solver),
+            b_solver_kwargs=dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode),
         )
         self.last_backward_stats: dict[str, torch.Tensor] = {}
 
     def set_phase(self, phase: str, **changes) -> None:
-        """Changes one phase's settings (max_iter, tol, stop_mode) after construction."""
-        settings = SolveSettings(**{**vars(self.config.phase(phase)), **changes})
-        self.config.check_iterations(phase, settings)
-        setattr(self.config, phase, settings)
+        """Changes one phase's settings (max_iter, tol, stop_mode, error_q0, error_q_max)
+        after construction."""
+        settings = SolveSettings(**{**vars(self.options.phase(phase)), **changes})
+        self.options.check_iterations(phase, settings)
+        setattr(self.options, phase, settings)
         core = self.cores[f"phase_{phase}"]
-        core.f_tol, core.f_stop_mode = settings.tol, settings.stop_mode
+        core.f_tol, core.f_stop_mode = _torchdeq_stop(phase, settings)
         core.f_max_iter = core.eval_f_max_iter = settings.max_iter
 
-    def forward(self, f, z0: torch.Tensor, warm: bool, scope: SolveScope,
-                track_inputs: bool = False) -> DEQSolveResult:
+    def forward(self, f, z0: torch.Tensor, warm_started: bool, scope: SolveScope,
+                track_inputs: bool = False, contraction: torch.Tensor | float | None = None,
+                ) -> DEQSolveResult:
         """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
-        the inputs of f, for derivatives such as forces = -dE/dpos."""
-        phase = "train" if self.training else ("eval_warm" if warm else "eval_cold")
-        result = self._solve(f, z0, phase, scope)
+        the inputs of f, for derivatives such as forces = -dE/dpos. `contraction` (scalar or
+        per structure [B]; NaN entries: unknown): estimates of f's contraction factor, e.g.
+        stats["contraction"] of an earlier solve of the same structures, used by
+        stop_mode "error" until the solve has its own (before its second evaluation)."""
+        phase = "train" if self.training else ("eval_warm" if warm_started else "eval_cold")
+        result = self._solve(f, z0, phase, scope, contraction)
         ok = result.stats["converged"]
-        if warm and not self.training and self.config.fallback_cold_start and not bool(ok.all()):
-            result = self._retry_cold(f, result, scope)
+        if warm_started and not self.training and self.options.fallback_cold_start and not bool(ok.all()):
+            result = self._retry_cold(f, result, scope, contraction)
         self._check(result, phase)
         if track_inputs and not self.training:
             result = self._attach_implicit_gradient(f, result, scope)
@@ -192,14 +287,15 @@ class StructureDEQSolver(nn.Module):
             (z_out,) = self._implicit(None, untracked, result.fixed_point.detach(), writer=record)
         return DEQSolveResult(z_out, [z_out], result.stats)
 
-    def _solve(self, f, z0, phase, scope) -> DEQSolveResult:
-        settings = self.config.phase(phase)
+    def _solve(self, f, z0, phase, scope, contraction=None) -> DEQSolveResult:
+        settings = self.options.phase(phase)
         evaluating = not self.training
-        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating)
+        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating,
+                                   prior=contraction)
         scope.start_solve()
         # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
         # computed at construction, and a changed max_iter (set_phase) would be ignored
-        kwargs = dict(self.config.solver_kwargs, f_max_iter=settings.max_iter)
+        kwargs = dict(self.options.solver_kwargs, f_max_iter=settings.max_iter)
         try:
             states, _ = self.cores[f"phase_{phase}"](tracked, z0, solver_kwargs=kwargs)
         except _AllConverged:
@@ -210,11 +306,11 @@ class StructureDEQSolver(nn.Module):
         states = [s.reshape(z0.shape) for s in states]
         return DEQSolveResult(states[-1], states, tracked.stats(states[-1]))
 
-    def _retry_cold(self, f, warm: DEQSolveResult, scope) -> DEQSolveResult:
+    def _retry_cold(self, f, warm: DEQSolveResult, scope, contraction=None) -> DEQSolveResult:
         bad = ~warm.stats["converged"]
         z0 = torch.where(bad.view(-1, *([1] * (warm.fixed_point.dim() - 1))), 0.0, warm.fixed_point)
         z0 = torch.nan_to_num(z0.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-        retry = self._solve(f, z0, "eval_cold", scope)
+        retry = self._solve(f, z0, "eval_cold", scope, contraction)
         stats = dict(retry.stats)
         stats["nstep"] = torch.where(bad, warm.stats["nfe"] + retry.stats["nstep"], warm.stats["nstep"])
         stats["fallback"] = bad
@@ -231,19 +327,20 @@ class StructureDEQSolver(nn.Module):
         if bool(bad_finite.any()):
             idx = torch.nonzero(bad_finite).flatten().tolist()
             msg = (
-                f"DEQ solve ({phase}, solver {self.config.solver}) diverged: non-finite fixed "
+                f"DEQ solve ({phase}, solver {self.options.solver}) diverged: non-finite fixed "
                 f"point for structure(s) {idx} of the batch. Lower the learning rate, use a "
                 f"smaller tolerance/iteration cap, or set deq.on_diverge: warn to continue."
             )
-            if self.config.on_diverge == "raise":
+            if self.options.on_diverge == "raise":
                 raise DEQDivergenceError(msg)
             logging.warning(msg)
         elif not self.training and not bool(stats["converged"].all()):
             n_bad = int((~stats["converged"]).sum())
-            settings = self.config.phase(phase)
+            settings = self.options.phase(phase)
             logging.warning(
                 "DEQ solve (%s) did not reach tol %.1e (%s) within %d iterations for %d of %d "
-                "structures (worst residual %.3e)",
+                "structures (worst %s %.3e)",
                 phase, settings.tol, settings.stop_mode, settings.max_iter, n_bad,
-                len(stats["converged"]), float(stats[f"{settings.stop_mode}_residual"].max()),
+                len(stats["converged"]), _REPORTED[settings.stop_mode],
+                float(stats[_REPORTED[settings.stop_mode]].max()),
             )

@@ -4,15 +4,17 @@
     atoms.calc = DEQCalculator("checkpoint.pt")
     forces = atoms.get_forces()
 
-Built on fairchem's OCPCalculator (checkpoint loading, normalisers, device), with
-fairchem_deq's trainer doing the prediction: each call starts the solver from the previous
+Built on fairchem's OCPCalculator (checkpoint loading, normalisers, device); each call runs
+the model through `fairchem_deq.reuse.forward_with_reuse`, which starts the solver from the previous
 call's fixed point (`warm_start="last"`) or from an extrapolation of the last few
-(`"linear"`, `"quadratic"`, `"aspc"`: see `fairchem_deq.warm_start`). The stored fixed points
+(`"linear"`, `"quadratic"`, `"aspc"`: see `fairchem_deq.reuse.predictors`). The stored fixed points
 are dropped when the atom count, the species or the periodicity change.
 
 Energies are float64: the model works in float32, but the large offsets added to its output
-(normaliser mean, element references: thousands of eV) are added in float64 by the trainer,
+(normaliser mean, element references: thousands of eV) are added in float64 here,
 so energies are not rounded to float32's steps (2 meV at -17,618 eV).
+The calculator owns its fixed-point cache (`fixed_point_cache`), configured from the
+checkpoint's `task.deq` block.
 With `compare_cold=True` every warm-started call is also solved from zero, and
 `last_solver_stats` gains `nstep_cold` and `markov_dev` (||F_warm - F_cold|| / ||F_cold||).
 """
@@ -20,16 +22,17 @@ With `compare_cold=True` every warm-started call is also solved from zero, and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from fairchem.core.common.registry import registry
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
-from fairchem_deq.atoms_batch import atoms_to_batch
 from fairchem_deq.command import CheckpointError
+from fairchem_deq.data.atoms_graphs import atoms_to_batch
 from fairchem_deq.models import DEQEquiformerV2Backbone
-from fairchem_deq.warm_start import get_predictor
+from fairchem_deq.reuse import FixedPointCache, force_deviation, forward_with_reuse, get_predictor
 
 TRAINER = "fairchem_deq.trainers.DEQForcesTrainer"
 
@@ -41,7 +44,7 @@ def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+    except Exception as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict) or "model" not in config:
@@ -58,12 +61,12 @@ def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
 
 
 class DEQCalculator(OCPCalculator):
-    implemented_properties = ["energy", "forces"]
+    implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
 
     def __init__(self, checkpoint_path: str | Path, *, cpu: bool = True, reuse: bool = True,
                  tol: float | None = None, max_iter: int | None = None, seed: int | None = 0,
                  warm_start: str = "last", compare_cold: bool = False,
-                 reuse_max_displacement: float | None | str = "checkpoint"):
+                 reuse_max_displacement: float | str | None = "checkpoint"):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
         the predictor of the next fixed point from the previous calls' (each call is taken as
@@ -72,25 +75,27 @@ class DEQCalculator(OCPCalculator):
         from zero; default: the checkpoint's `task.deq.reuse_max_displacement`."""
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_deq_checkpoint(checkpoint_path)
+        # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
+        # element references, EMA weights. The calculator then runs the model itself.
         super().__init__(checkpoint_path=checkpoint_path, trainer=TRAINER, cpu=cpu, seed=seed)
-        self.trainer.deq_eval.reuse = reuse
-        self.compare_cold = compare_cold
-        self.trainer.deq_eval.compare_cold = compare_cold
-        self.trainer.fixed_point_cache.use_predictor(warm_start)
-        if reuse_max_displacement != "checkpoint":  # else the checkpoint's task.deq value
-            self.trainer.fixed_point_cache.max_displacement = reuse_max_displacement
-        self.trainer.deq_eval.warm_start = warm_start
+        if self.trainer.ema is not None:
+            self.trainer.ema.copy_to()  # predict with the averaged weights, as fairchem does
+        self.model = self.trainer.model.eval()
+        options = self.trainer.reuse_options  # the checkpoint's task.deq block
+        self.fixed_point_cache = FixedPointCache(
+            options.cache_size, warm_start, options.cache_mb,
+            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement)
+        self.reuse, self.compare_cold = reuse, compare_cold
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
-        if changes:
-            for phase in ("eval_cold", "eval_warm"):
-                self.trainer._backbone.set_solver_settings(phase, **changes)
+        for phase in ("eval_cold", "eval_warm") if changes else ():
+            self.model.backbone.set_solver_settings(phase, **changes)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float] = {}
 
     def reset_fixed_point(self) -> None:
         """Forget the stored fixed point: the next call solves from zero."""
-        self.trainer.fixed_point_cache.clear()
+        self.fixed_point_cache.clear()
 
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
@@ -98,29 +103,47 @@ class DEQCalculator(OCPCalculator):
         if signature != self._signature:
             self.reset_fixed_point()
             self._signature = signature
-        batch = atoms_to_batch([self.atoms], fids=[self._calls])
+        batch = atoms_to_batch([self.atoms], fids=[self._calls]).to(self.trainer.device)
         self._calls += 1
-        predictions = self.trainer.predict(batch, per_image=False, disable_tqdm=True)
-        self.results["energy"] = float(predictions["energy"].reshape(-1)[0].double())
-        self.results["forces"] = predictions["forces"].detach().cpu().numpy().reshape(-1, 3)
-        stats = self.trainer._backbone.last_output["deq_stats"]
-        self.last_solver_stats = {
-            k: (bool(v[0]) if v.dtype == torch.bool else v[0].item())
-            for k, v in stats.items() if v.dim() == 1
-        }
+        with torch.no_grad():
+            step = forward_with_reuse(self.model, self.model.backbone, batch, self.fixed_point_cache,
+                                      reuse=self.reuse, compare_cold=self.compare_cold)
+        energy = self._physical("energy", step.outputs, batch)
+        forces = self._physical("forces", step.outputs, batch)
+        self.results["energy"] = float(energy.reshape(-1)[0])
+        self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
+        self.last_solver_stats = _first_structure(step.solution["deq_stats"])
         if self.compare_cold:
-            self.last_solver_stats.update(_cold_comparison(self.trainer, self.last_solver_stats))
+            self.last_solver_stats.update(_cold_comparison(step, batch, self.last_solver_stats))
+
+    def _physical(self, target: str, outputs: dict, batch) -> torch.Tensor:
+        """A model output in physical units: fairchem's normaliser and element references,
+        applied in float64 to the energy (offsets of thousands of eV)."""
+        value = outputs[target]
+        if not torch.is_tensor(value):
+            value = value[self.trainer.output_targets[target]["property"]]
+        value = value.double() if target == "energy" else value
+        if target in self.trainer.normalizers:
+            value = self.trainer.normalizers[target](value)
+        if target in self.trainer.elementrefs:
+            value = self.trainer.elementrefs[target](value.reshape(-1), batch)
+        return value
 
 
-def _cold_comparison(trainer, stats: dict) -> dict:
-    """nstep_cold / markov_dev of the last call from the trainer's solver metrics; a call
-    that was solved from zero anyway is its own cold solve."""
-    metrics = getattr(trainer, "_last_deq_metrics", None) or {}
-    out = {}
-    for key, name in (("deq_nstep_cold", "nstep_cold"), ("deq_markov_dev", "markov_dev")):
-        entry = metrics.get(key)
-        if entry and entry.get("numel"):
-            out[name] = entry["total"] / entry["numel"]
-    if "nstep_cold" not in out and "nstep" in stats:
-        out = {"nstep_cold": stats["nstep"], "markov_dev": 0.0}
-    return out
+def _first_structure(stats: dict) -> dict:
+    return {k: (bool(v[0]) if v.dtype == torch.bool else v[0].item()) for k, v in stats.items() if v.dim() == 1}
+
+
+def _cold_comparison(step, batch, stats: dict) -> dict:
+    """nstep_cold / markov_dev of the call; a call that was solved from zero anyway is its
+    own cold solve."""
+    if step.cold_solution is None:
+        return {"nstep_cold": stats["nstep"], "markov_dev": 0.0}
+    forces, cold = (_forces(o) for o in (step.outputs, step.cold_outputs))
+    return {"nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
+            "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item()}
+
+
+def _forces(outputs: dict) -> torch.Tensor:
+    value = outputs["forces"]
+    return value if torch.is_tensor(value) else value["forces"]

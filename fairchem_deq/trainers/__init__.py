@@ -5,10 +5,9 @@ variant DEQDeNSTrainer (`deq_dens`), and ExplicitEquiformerV2Trainer
 from .deq_dens_trainer import DEQDeNSTrainer
 from .deq_forces_trainer import DEQForcesTrainer
 from .explicit_forces_trainer import ExplicitEquiformerV2Trainer
-from .fixed_point_cache import FixedPointCache
 from .trajectory_sampler import TrajectoryBatchSampler
 
 __all__ = [
-    "DEQDeNSTrainer", "DEQForcesTrainer", "ExplicitEquiformerV2Trainer", "FixedPointCache",
+    "DEQDeNSTrainer", "DEQForcesTrainer", "ExplicitEquiformerV2Trainer",
     "TrajectoryBatchSampler",
 ]

@@ -17,9 +17,9 @@ from __future__ import annotations
 from fairchem.core.common.registry import registry
 from fairchem.core.models.equiformer_v2.equiformer_v2_dens import DeNSVectorHead, EqV2DeNSBackbone
 
-from .deq_forces_trainer import DEQForcesTrainer
 from .dens_loss import DeNSPaperLoss
 from .dens_options import check_dens_options
+from .deq_forces_trainer import DEQForcesTrainer
 
 
 @registry.register_trainer("deq_dens")

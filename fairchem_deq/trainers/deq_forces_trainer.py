@@ -24,14 +24,17 @@ from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
+from fairchem_deq.config_blocks import parse_options
+from fairchem_deq.reuse import ReuseOptions, ReuseStep, forward_with_reuse
+
 from . import float64_outputs
-from .deq_config import DEQEvalOptions, DEQTrainOptions, parse_options
+from .ddp_metrics import aggregate_over_ranks
 from .ema_warmup import EMAWarmupMixin
 from .readout_constants import ReadoutConstantsMixin
 from .relax_trajectories import record_initial_frames
-from .training_run import TrainingRunMixin
-from .ddp_metrics import aggregate_over_ranks
 from .solver_stats import SolverStatsAccumulator
+from .train_options import DEQTrainOptions
+from .training_run import TrainingRunMixin
 from .trajectory_sampler import TrajectoryBatchSampler, dataset_sids_fids
 
 
@@ -47,9 +50,10 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         # fairchem names the task "ocp" for any trainer it does not know (dotted paths
         # included), which drops the S2EF metrics and renames the prediction file.
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
-        self.deq_eval = parse_options(DEQEvalOptions, self.config["task"].get("deq"), "task.deq")
+        self.reuse_options = parse_options(ReuseOptions, self.config["task"].get("deq"), "task.deq")
         self.deq_train = parse_options(DEQTrainOptions, self.config["optim"].get("deq"), "optim.deq")
-        self.fixed_point_cache = self.deq_eval.make_cache()
+        self.fixed_point_cache = self.reuse_options.make_cache()
+        self.last_step: ReuseStep | None = None  # the latest forward pass (outputs, solution, guess)
         self.solver_stats = SolverStatsAccumulator()
         self._in_relaxation = False
         self._segments: TrajectoryBatchSampler | None = None  # while a trajectory-ordered pass runs
@@ -94,40 +98,28 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
     def _reuse_now(self) -> bool:
         if self.model.training:
             return self.deq_train.reuse_in_training
-        return self.deq_eval.reuse
+        return self.reuse_options.reuse
 
     # ---- forward / loss / metrics -------------------------------------------------
     def _forward(self, batch):
         batch = batch.to(self.device)
-        if "fixed_point" in batch:
-            del batch.fixed_point
-        reuse = self._reuse_now()
-        keys = self._cache_keys(batch)
-        warm, warm_rows, refused = self.fixed_point_cache.warm_start_rows(batch, keys) if reuse else (None, None, None)
-        cold_out = cold_stats = None
-        if warm is not None and not self.model.training and self.deq_eval.compare_cold and not self._in_relaxation:
-            cold_out = super()._forward(batch)
-            cold_stats = self._backbone.last_output["deq_stats"]
-        if warm is not None:
-            batch.fixed_point = warm
-        out = super()._forward(batch)
-        backbone_out = self._backbone.last_output
-        if "fixed_point" in batch:
-            del batch.fixed_point  # keep fairchem's metric code away from it
-        if reuse:
-            self.fixed_point_cache.store(batch, backbone_out["fixed_point"], keys)
-            if self._segments is not None or self._in_relaxation:
-                # lockstep: a system absent from this batch has ended (its trajectory
-                # segment, or its relaxation batch); keep only the current ones
-                self.fixed_point_cache.keep_only(keys)
+        step = forward_with_reuse(
+            super()._forward, self._backbone, batch, self.fixed_point_cache, self._cache_keys(batch),
+            reuse=self._reuse_now(),
+            compare_cold=not self.model.training and self.reuse_options.compare_cold and not self._in_relaxation,
+            lockstep=self._segments is not None or self._in_relaxation,
+        )
+        self.last_step = step
+        out, solution = step.outputs, step.solution
         self._last_deq_metrics = self.solver_stats.add(
-            backbone_out["deq_stats"], warm=warm_rows if warm is not None else None, cold_stats=cold_stats,
-            forces=out.get("forces"), cold_forces=None if cold_out is None else cold_out.get("forces"),
-            natoms=batch.natoms, refused=refused,
+            solution["deq_stats"], warm=step.guess.warm if step.guess.z0 is not None else None,
+            cold_stats=None if step.cold_solution is None else step.cold_solution["deq_stats"],
+            forces=out.get("forces"), cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
+            natoms=batch.natoms, refused=step.guess.refused,
         )
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
-            self._fpc_outputs = [self._decode_state(s, backbone_out, batch) for s in backbone_out.get("deq_states", [])]
+            self._fpc_outputs = [self._decode_state(s, solution, batch) for s in solution.get("deq_states", [])]
         return out
 
     def _cache_keys(self, batch) -> list:
@@ -174,7 +166,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
 
     # ---- evaluation paths ---------------------------------------------------------
     def _trajectory_loader(self, loader):
-        if not (self.deq_eval.reuse and self.deq_eval.trajectory_order) or loader is None:
+        if not (self.reuse_options.reuse and self.reuse_options.trajectory_order) or loader is None:
             return loader
         if not isinstance(loader, torch.utils.data.DataLoader):
             return loader
@@ -259,7 +251,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             logging.info("DEQ solver statistics (%s): %s", what,
                          ", ".join(f"{k}: {v:.4g}" for k, v in summary.items()))
             if self.logger is not None:
-                self.logger.log({k: v for k, v in summary.items()}, step=self.step, split=what.replace(":", "_"))
+                self.logger.log(dict(summary), step=self.step, split=what.replace(":", "_"))
             if results_file is not None:
                 results_dir = Path(self.config["cmd"]["results_dir"])
                 results_dir.mkdir(parents=True, exist_ok=True)

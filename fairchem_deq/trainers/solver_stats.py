@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from fairchem_deq.reuse import force_deviation
+
 # nstep: solver evaluations per structure; *_warm / fallback: warm-started structures only;
 # nstep_cold / markov_dev: the optional cold comparison; reuse_refused: cached fixed points
 # not reused because the structure moved beyond the displacement bound
 STATISTICS = ("fallback", "markov_dev", "nonconverged", "nstep", "nstep_cold", "nstep_warm",
               "rel_residual", "reuse_refused")
-
-
-def _per_structure_force_deviation(forces, cold_forces, natoms) -> torch.Tensor:
-    """||F_warm - F_cold|| / ||F_cold|| for each structure (the paper's Markov check)."""
-    sizes = natoms.tolist()
-    devs = [
-        (fw - fc).norm() / fc.norm().clamp_min(1e-12)
-        for fw, fc in zip(torch.split(forces.detach(), sizes), torch.split(cold_forces.detach(), sizes))
-    ]
-    return torch.stack(devs)
 
 
 class SolverStatsAccumulator:
@@ -69,7 +61,7 @@ class SolverStatsAccumulator:
             if cold_stats is not None:
                 metrics["deq_nstep_cold"] = self._acc("nstep_cold", cold_stats["nstep"][warm])
             if forces is not None and cold_forces is not None:
-                dev = _per_structure_force_deviation(forces, cold_forces, natoms)
+                dev = force_deviation(forces, cold_forces, natoms)
                 metrics["deq_markov_dev"] = self._acc("markov_dev", dev[warm.to(dev.device)])
         return metrics
 

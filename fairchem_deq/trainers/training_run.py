@@ -1,7 +1,9 @@
 """What every fairchem-deq trainer adds to fairchem's training run, as one mixin:
 
-- `save` writes to a hidden temporary name and renames: fairchem 1.10 saves in place, and a
-  run killed while saving (preemption, a time limit) kept a corrupt `checkpoint.pt`;
+- `save` writes to the package's one temporary name (fairchem_deq.outputs.partial_name) and
+  renames: fairchem 1.10 saves in place, and a run killed while saving (preemption, a time
+  limit) kept a corrupt `checkpoint.pt`. An interrupted save leaves only the hidden partial
+  file, which the next save replaces;
 - `train` always ends with `checkpoint.pt` of its last step: fairchem saves only every
   `checkpoint_every` (default: `eval_every`) steps, and a shorter run left none;
 - `load_extras` refuses a warm-up shorter than one step with a message: fairchem's
@@ -14,13 +16,16 @@ from __future__ import annotations
 import logging
 import os
 
+from fairchem_deq.outputs import partial_name
+
 
 class TrainingRunMixin:
     _last_saved_step: int | None = None
 
     def save(self, metrics=None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
-        partial = f".{checkpoint_file}.partial"
-        path = super().save(metrics, checkpoint_file=partial, training_state=training_state)
+        # fairchem writes into its checkpoint_dir by file name (and only on the master rank),
+        # so the temporary name is passed to it and renamed here, not an atomic_file block
+        path = super().save(metrics, checkpoint_file=partial_name(checkpoint_file), training_state=training_state)
         if path is None:
             return None
         final = os.path.join(os.path.dirname(path), checkpoint_file)

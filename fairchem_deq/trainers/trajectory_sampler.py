@@ -16,6 +16,7 @@ is solved cold, the rest warm. The cache key of a frame is `segment_key(sid, fid
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import defaultdict
@@ -61,7 +62,7 @@ def split_trajectories(trajectories: dict, n_segments: int) -> list[tuple]:
         frames = trajectories[sid]
         pieces = max(1, math.ceil(len(frames) / target))
         bounds = np.linspace(0, len(frames), pieces + 1).round().astype(int)
-        segments += [((sid, k), frames[a:b]) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        segments += [((sid, k), frames[a:b]) for k, (a, b) in enumerate(itertools.pairwise(bounds))]
     return segments
 
 

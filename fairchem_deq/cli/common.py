@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from fairchem_deq.warm_start import PREDICTORS
+from fairchem_deq.reuse.predictors import PREDICTORS
 
 
 def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)")
     parser.add_argument("--structure", required=True,
                         help="starting structure: sGDML .npz (MD17/MD22), extxyz or ASE .traj")
     parser.add_argument("--frame", type=int, default=0, help="frame of --structure to start from (default 0)")
@@ -49,12 +50,8 @@ def load_calculator_and_structure(args, **calculator_options):
 
 def write_report(out_dir, report: dict) -> None:
     import json
-    import os
     from pathlib import Path
 
-    from fairchem_deq.simulate.atomic_files import partial_path
+    from fairchem_deq.outputs import write_text_atomic
 
-    path = Path(out_dir) / "report.json"
-    tmp = partial_path(path)
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(Path(out_dir) / "report.json", json.dumps(report, indent=2))

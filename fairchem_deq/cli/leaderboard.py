@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fairchem_deq.leaderboard import SPLITS, TASKS, SubmissionError, check_predictions, make_submission
+from fairchem_deq.leaderboard import SPLITS, TASKS, check_predictions, make_submission
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Checks, then merges; a SubmissionError is a UserError (one line, rc 2)."""
     predictions = {s: getattr(args, s) for s in SPLITS[args.dataset] if getattr(args, s, None)}
-    try:
-        counts = {}
-        if not args.no_check:
-            # a missing split is reported by make_submission; check the ones given
-            counts = {s: check_predictions(p, args.task) for s, p in predictions.items()}
-        out = make_submission(predictions, args.out_path, task=args.task, dataset=args.dataset, check=False)
-    except SubmissionError as exc:
-        print(f"fairchem-deq submission: error: {exc}", file=sys.stderr)
-        return 2
+    counts = {}
+    if not args.no_check:
+        # a missing split is reported by make_submission; check the ones given
+        counts = {s: check_predictions(p, args.task) for s, p in predictions.items()}
+    out = make_submission(predictions, args.out_path, task=args.task, dataset=args.dataset, check=False)
     for split, count in counts.items():
         print(f"  {split}: {count['systems']} systems from {predictions[split]}")
     print(f"wrote {out}")
@@ -46,11 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairchem_deq.command import run_command
+    """`fairchem-deq submission ARGS` (the dispatcher's parsing and exit codes)."""
+    from fairchem_deq.cli.main import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="fairchem-deq submission")
-    add_arguments(parser)
-    return run_command("submission", lambda: run(parser.parse_args(argv)))
+    return run_subcommand("submission", argv)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import sys
 
 # subcommand name -> module with add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
-    "convert": "fairchem_deq.data.convert_cli",
-    "md": "fairchem_deq.simulate.md_cli",
-    "relax": "fairchem_deq.simulate.relax_cli",
-    "submission": "fairchem_deq.leaderboard_cli",
-    "sweep": "fairchem_deq.launch.sweep",
+    "config": "fairchem_deq.cli.config",
+    "convert": "fairchem_deq.cli.convert",
+    "md": "fairchem_deq.cli.md",
+    "relax": "fairchem_deq.cli.relax",
+    "submission": "fairchem_deq.cli.leaderboard",
+    "sweep": "fairchem_deq.cli.sweep",
 }
 
 
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         _subcommand_parser().print_help()
         print("\nfairchem's CLI options:\n")
     return _fairchem(argv)
+
+
+def run_subcommand(name: str, argv: list[str] | None = None) -> int:
+    """`fairchem-deq <name> ARGS`, for a subcommand module run on its own (`python -m
+    fairchem_deq.cli.<module>`, tests): the same parsing and exit codes as the dispatcher."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 
 def _run_subcommand(argv: list[str]) -> int:

@@ -110,3 +110,14 @@ def _graph_statistics(out) -> dict:
 
     info = Path(out) / "conversion.json"
     return json.loads(info.read_text()).get("graph_statistics", {}) if info.is_file() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fairchem-deq convert ARGS` (the dispatcher's parsing and exit codes)."""
+    from fairchem_deq.cli.main import run_subcommand
+
+    return run_subcommand("convert", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Trainer options for DEQuiformer, read from fairchem's config blocks.
+"""`ReuseOptions`: the `task.deq` block, how fixed points are reused in evaluation
+(validate, predict, relaxations) and by the DEQCalculator.
 
     task:
       deq:
@@ -12,25 +13,19 @@
                                # without reuse and the warm/cold force deviation (Markov
                                # check); doubles the evaluation cost
         warm_start: last       # last | linear | quadratic | aspc: copy the latest fixed point
-                               # or extrapolate the last few (fairchem_deq.warm_start)
-    optim:
-      deq:
-        fpc_weight: 0.0        # fixed-point-correction loss weight (paper: 0.8, n_states > 1)
-        reuse_in_training: false
+                               # or extrapolate the last few (fairchem_deq.reuse.predictors)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fairchem_deq.models.deq_config import parse_options  # noqa: F401  (shared unknown-key check)
-from fairchem_deq.warm_start import get_predictor
-
-from .fixed_point_cache import DEFAULT_MAX_DISPLACEMENT, FixedPointCache
+from .cache import DEFAULT_MAX_DISPLACEMENT, FixedPointCache
+from .predictors import get_predictor
 
 
 @dataclass
-class DEQEvalOptions:
+class ReuseOptions:
     reuse: bool = True
     cache_size: int = 10000
     cache_mb: float = 1024.0
@@ -46,8 +41,3 @@ class DEQEvalOptions:
     def make_cache(self) -> FixedPointCache:
         return FixedPointCache(self.cache_size, self.warm_start, self.cache_mb, self.reuse_max_displacement)
 
-
-@dataclass
-class DEQTrainOptions:
-    fpc_weight: float = 0.0
-    reuse_in_training: bool = False

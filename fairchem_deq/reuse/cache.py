@@ -4,7 +4,7 @@ Keyed by system (a `sid`, or `(sid, segment)` when a long trajectory is split in
 for evaluation); per key a `FixedPointHistory` of the last fixed points and their frame ids
 (`fid`): the warm start is the history's prediction for the next frame (`warm_start=`:
 "last" copies the latest fixed point; "linear", "quadratic", "aspc" extrapolate, see
-`fairchem_deq.warm_start`).
+`fairchem_deq.reuse.predictors`).
 
 A stored fixed point is reused only where it is a good guess: the same atoms (count and
 species, in order) and a structure close to the one it was solved for (every atom within
@@ -27,12 +27,29 @@ from dataclasses import dataclass
 
 import torch
 
-from fairchem_deq.warm_start import FixedPointHistory, get_predictor
+from .predictors import FixedPointHistory, get_predictor
 
 # MD steps (0.5 fs: <= 0.03 Å) and optimiser steps (fairchem's LBFGS: <= 0.04 Å, ASE's BFGS:
 # <= 0.2 Å) pass; unrelated frames of a molecule move atoms by far more (measurements:
 # benchmarks/RESULTS.md, "Reuse displacement bound")
 DEFAULT_MAX_DISPLACEMENT = 0.25
+
+
+@dataclass
+class InitialGuess:
+    """Where a batch's solve starts: `z0` [n_atoms, (lmax+1)^2, C] holds each warm-started
+    structure's predicted fixed point and zeros for the others (None: every structure starts
+    cold); `warm` and `refused` [n_structures] say which structures got a cached prediction
+    and which had one that was refused (moved beyond the displacement bound)."""
+
+    z0: torch.Tensor | None
+    warm: torch.Tensor
+    refused: torch.Tensor
+
+    @classmethod
+    def cold(cls, num_structures: int) -> InitialGuess:
+        none = torch.zeros(num_structures, dtype=torch.bool)
+        return cls(None, none, none.clone())
 
 
 @dataclass
@@ -157,16 +174,10 @@ class FixedPointCache:
         while self._entries and (len(self._entries) > self.max_systems or self.nbytes > self.max_bytes):
             self.evict(next(iter(self._entries)))
 
-    def warm_start(self, batch, keys: Sequence | None = None) -> torch.Tensor | None:
-        """Initial guess for a whole batch: each system's predicted fixed point, zeros (= cold)
-        for misses and refusals. Returns None when no structure of the batch has a usable
-        entry. `keys` default to the batch's sids."""
-        return self.warm_start_rows(batch, keys)[0]
-
-    def warm_start_rows(self, batch, keys: Sequence | None = None
-                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """`warm_start` and two bool tensors [n_structures]: which structures were
-        warm-started, and which had an entry that was refused (moved too far)."""
+    def initial_guess(self, batch, keys: Sequence | None = None) -> InitialGuess:
+        """Each structure's predicted fixed point (zeros = a cold start for misses and
+        refusals), and which structures were warm-started or refused. `keys` default to the
+        batch's sids."""
         keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
         parts, refused = [], []
@@ -175,15 +186,16 @@ class FixedPointCache:
                                               batch.pos[start:start + n], *_cell_pbc(batch, i))
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
             refused.append(was_refused)
-        rows = torch.tensor([p is not None for p in parts], dtype=torch.bool)
+        warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         refused = torch.tensor(refused, dtype=torch.bool)
-        if not bool(rows.any()):
-            return None, rows, refused
+        if not bool(warm.any()):
+            return InitialGuess(None, warm, refused)
         template = next(p for p in parts if p is not None)
-        return torch.cat([
+        z0 = torch.cat([
             p if p is not None else template.new_zeros((n, *template.shape[1:]))
             for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
-        ]), rows, refused
+        ])
+        return InitialGuess(z0, warm, refused)
 
     def store(self, batch, fixed_point: torch.Tensor, keys: Sequence | None = None) -> None:
         keys = _as_list(batch.sid) if keys is None else list(keys)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from fairchem_deq.simulate.cli_common import (
-    add_model_and_structure_arguments, load_calculator_and_structure, write_report,
+from fairchem_deq.cli.common import (
+    add_model_and_structure_arguments,
+    load_calculator_and_structure,
+    write_report,
 )
 
 
@@ -32,7 +35,7 @@ OUTPUTS = ("md.traj", "md_log.csv", "report.json")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fairchem_deq.simulate.atomic_files import staged_outputs
+    from fairchem_deq.outputs import staged_outputs
     from fairchem_deq.simulate.md import run_md
 
     with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
@@ -54,3 +57,14 @@ def run(args: argparse.Namespace) -> int:
                   f"solver iterations {row['solver_iterations']}")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fairchem-deq md ARGS` (the dispatcher's parsing and exit codes)."""
+    from fairchem_deq.cli.main import run_subcommand
+
+    return run_subcommand("md", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

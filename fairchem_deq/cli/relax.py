@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from fairchem_deq.simulate.cli_common import (
-    add_model_and_structure_arguments, load_calculator_and_structure, write_report,
+from fairchem_deq.cli.common import (
+    add_model_and_structure_arguments,
+    load_calculator_and_structure,
+    write_report,
 )
 
 
@@ -34,7 +37,7 @@ OUTPUTS = ("relax.traj", "relaxed.extxyz", "relax_log.csv", "report.json")
 def run(args: argparse.Namespace) -> int:
     from ase.io import write
 
-    from fairchem_deq.simulate.atomic_files import staged_outputs
+    from fairchem_deq.outputs import staged_outputs
     from fairchem_deq.simulate.relax import run_relaxation
 
     with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
@@ -50,3 +53,14 @@ def run(args: argparse.Namespace) -> int:
         write_report(out, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "solver_iterations_per_step"}, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fairchem-deq relax ARGS` (the dispatcher's parsing and exit codes)."""
+    from fairchem_deq.cli.main import run_subcommand
+
+    return run_subcommand("relax", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
