@@ -25,8 +25,10 @@ def evaluate(model: Trained, frames) -> dict:
         energy, forces, _, _ = model.predict(atoms)
         e_err.append(abs(energy - atoms.info["energy_ev"]))
         f_err.append(np.abs(forces - atoms.info["forces_ev"]).ravel())
-    return {"energy_mae_kcal_mol": KCAL_PER_EV * float(np.mean(e_err)),
-            "forces_mae_kcal_mol_A": KCAL_PER_EV * float(np.mean(np.concatenate(f_err)))}
+    return {
+        "energy_mae_kcal_mol": KCAL_PER_EV * float(np.mean(e_err)),
+        "forces_mae_kcal_mol_A": KCAL_PER_EV * float(np.mean(np.concatenate(f_err))),
+    }
 
 
 def main(argv=None):
@@ -39,12 +41,21 @@ def main(argv=None):
         model = Trained(name)
         results[model.label] = r = evaluate(model, frames)
         print(model.label, r, flush=True)
-    write_json("accuracy", {
-        "command": f"python -m benchmarks.accuracy --frames {args.frames}", "machine": machine(),
-        "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (held back, consecutive)",
-        "results": results,
-        "paper_forces_mae_kcal_mol_A": {"EquiformerV2-4": 0.222, "EquiformerV2-8": 0.218, "DEQ1": 0.224, "DEQ2": 0.207},
-    })
+    write_json(
+        "accuracy",
+        {
+            "command": f"python -m benchmarks.accuracy --frames {args.frames}",
+            "machine": machine(),
+            "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (held back, consecutive)",
+            "results": results,
+            "paper_forces_mae_kcal_mol_A": {
+                "EquiformerV2-4": 0.222,
+                "EquiformerV2-8": 0.218,
+                "DEQ1": 0.224,
+                "DEQ2": 0.207,
+            },
+        },
+    )
     import matplotlib
 
     matplotlib.use("Agg")

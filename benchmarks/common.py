@@ -24,10 +24,25 @@ CONFIG_INCLUDES = Path(__file__).parents[1] / "configs" / "includes"
 # The backbone hyper-parameters (graph, widths, norm, dropout) the benchmark models take from
 # the shipped configs; the other backbone keys keep EquiformerV2's defaults here.
 WIDTH_KEYS = (
-    "use_pbc", "otf_graph", "max_neighbors", "max_radius", "max_num_elements",
-    "sphere_channels", "attn_hidden_channels", "num_heads", "attn_alpha_channels",
-    "attn_value_channels", "ffn_hidden_channels", "norm_type", "lmax_list", "mmax_list",
-    "grid_resolution", "num_sphere_samples", "edge_channels", "alpha_drop", "drop_path_rate",
+    "use_pbc",
+    "otf_graph",
+    "max_neighbors",
+    "max_radius",
+    "max_num_elements",
+    "sphere_channels",
+    "attn_hidden_channels",
+    "num_heads",
+    "attn_alpha_channels",
+    "attn_value_channels",
+    "ffn_hidden_channels",
+    "norm_type",
+    "lmax_list",
+    "mmax_list",
+    "grid_resolution",
+    "num_sphere_samples",
+    "edge_channels",
+    "alpha_drop",
+    "drop_path_rate",
 )
 
 

@@ -45,8 +45,10 @@ from benchmarks.train_models import (
 )
 
 RUNS_COMPARED = ("deq1_dens", "deq1_nodens")
-PAPER_NOTE = ("DeNS paper (Liao et al. 2024), Equiformer on MD17 ethanol, 1500 epochs: force MAE "
-              "improved with DeNS; here the budget is minutes of CPU time")
+PAPER_NOTE = (
+    "DeNS paper (Liao et al. 2024), Equiformer on MD17 ethanol, 1500 epochs: force MAE "
+    "improved with DeNS; here the budget is minutes of CPU time"
+)
 
 
 def small_test_split():
@@ -67,8 +69,10 @@ def dens_command(name: str, epochs: float, deq_grad: str) -> list[str]:
 
 def evaluation_passes(name: str) -> dict:
     log = (RUNS / f"{name}.log").read_text()
-    return {"validations": len(re.findall(r"Evaluating on val", log)),
-            "test_predictions": len(re.findall(r"Predicting on test", log))}
+    return {
+        "validations": len(re.findall(r"Evaluating on val", log)),
+        "test_predictions": len(re.findall(r"Predicting on test", log)),
+    }
 
 
 def main(argv=None):
@@ -79,8 +83,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     prepare_data()
     budget_cpu_s, max_wall_s = budget_of(args)
-    runs = train_all(list(RUNS_COMPARED), lambda name: dens_command(name, args.epochs, args.deq_grad),
-                     args.threads, len(RUNS_COMPARED), budget_cpu_s, max_wall_s)
+    runs = train_all(
+        list(RUNS_COMPARED),
+        lambda name: dens_command(name, args.epochs, args.deq_grad),
+        args.threads,
+        len(RUNS_COMPARED),
+        budget_cpu_s,
+        max_wall_s,
+    )
     failed = [name for name, run in runs.items() if run["checkpoint_step"] is None]
     if failed:
         raise SystemExit(f"no checkpoint from {failed}: see {[runs[n]['log'] for n in failed]}")
@@ -93,16 +103,28 @@ def main(argv=None):
         print(LABELS[name], r, flush=True)
     if args.scratch:
         return results
-    command = ("python -m benchmarks.dens_accuracy --budget-minutes %g --epochs %g --deq-grad %s --threads %d --frames %d"
-               % (args.budget_minutes, args.epochs, args.deq_grad, args.threads, args.frames))
-    write_json("dens_accuracy", {
-        "command": command, "machine": machine(), "budget_cpu_s_per_run": budget_cpu_s,
-        "configs": {LABELS[name]: config_path(name) for name in RUNS_COMPARED},
-        "data": {"npz": str(ethanol_npz()), "trainval_frames": f"0..{N_TRAINVAL_FRAMES - 1}",
-                 "split": "950 train / 50 val (random, seed 0)",
-                 "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (held back, consecutive)"},
-        "results": results, "runs": runs, "note": PAPER_NOTE,
-    })
+    command = (
+        "python -m benchmarks.dens_accuracy --budget-minutes %g --epochs %g --deq-grad %s --threads %d --frames %d"
+        % (args.budget_minutes, args.epochs, args.deq_grad, args.threads, args.frames)
+    )
+    write_json(
+        "dens_accuracy",
+        {
+            "command": command,
+            "machine": machine(),
+            "budget_cpu_s_per_run": budget_cpu_s,
+            "configs": {LABELS[name]: config_path(name) for name in RUNS_COMPARED},
+            "data": {
+                "npz": str(ethanol_npz()),
+                "trainval_frames": f"0..{N_TRAINVAL_FRAMES - 1}",
+                "split": "950 train / 50 val (random, seed 0)",
+                "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (held back, consecutive)",
+            },
+            "results": results,
+            "runs": runs,
+            "note": PAPER_NOTE,
+        },
+    )
     plot(results, budget_cpu_s)
     return results
 

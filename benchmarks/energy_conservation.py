@@ -47,12 +47,23 @@ def nve_runs(args) -> tuple[dict, dict]:
     for label, (name, tol) in variants.items():
         calc = DEQCalculator(checkpoint(name), cpu=True, seed=0, tol=tol, max_iter=200 if tol else None)
         t0 = time.perf_counter()
-        report = run_md(start, calc, ensemble="nve", timestep_fs=args.timestep, steps=args.steps,
-                        temperature_K=args.temperature, seed=0, progress=False, max_force=args.max_force)
+        report = run_md(
+            start,
+            calc,
+            ensemble="nve",
+            timestep_fs=args.timestep,
+            steps=args.steps,
+            temperature_K=args.temperature,
+            seed=0,
+            progress=False,
+            max_force=args.max_force,
+        )
         etot = np.array([r["etot_eV"] for r in report.rows])
         rows[label] = report.rows
         runs[label] = {
-            **report.to_dict(), "checkpoint": str(checkpoint(name)), "eval_tol": tol or "checkpoint's",
+            **report.to_dict(),
+            "checkpoint": str(checkpoint(name)),
+            "eval_tol": tol or "checkpoint's",
             "max_abs_etot_change_meV_per_atom": float(np.abs(etot - etot[0]).max() / len(start) * 1000),
             "wall_s": time.perf_counter() - t0,
             "etot_minus_start_meV_per_atom": ((etot - etot[0]) / len(start) * 1000).tolist(),
@@ -94,8 +105,12 @@ def main(argv=None):
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--tight-tol", type=float, default=1e-4)
-    parser.add_argument("--max-force", type=float, default=10.0,
-                        help="eV/Å; beyond it the run counts as unphysical (ethanol at 300 K: ~2-4)")
+    parser.add_argument(
+        "--max-force",
+        type=float,
+        default=10.0,
+        help="eV/Å; beyond it the run counts as unphysical (ethanol at 300 K: ~2-4)",
+    )
     parser.add_argument("--cost-frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -105,18 +120,35 @@ def main(argv=None):
     costs = step_costs(args.cost_frames)
     print(costs, flush=True)
     direct = abs(runs["DEQ1 direct"]["window_drift_meV_per_atom_per_ps"])
-    ratios = {label: abs(r["window_drift_meV_per_atom_per_ps"]) / direct
-              for label, r in runs.items() if label != "DEQ1 direct"}
+    ratios = {
+        label: abs(r["window_drift_meV_per_atom_per_ps"]) / direct
+        for label, r in runs.items()
+        if label != "DEQ1 direct"
+    }
     print("window", window, "drift ratios", ratios, flush=True)
-    write_json("energy_conservation", {
-        "command": "python -m benchmarks.energy_conservation --steps %d --timestep %g --temperature %g "
-                   "--tight-tol %g --max-force %g --cost-frames %d --threads %d"
-                   % (args.steps, args.timestep, args.temperature, args.tight_tol, args.max_force,
-                      args.cost_frames, args.threads),
-        "machine": machine(), "method": __doc__.split("Method: ")[1].split("    .venv")[0].strip(),
-        "nve": runs, "common_window_steps": window, "drift_ratio_vs_direct": ratios, "step_cost": costs,
-        "target": "|drift| of energy-gradient forces <= 0.1 x direct forces",
-    })
+    write_json(
+        "energy_conservation",
+        {
+            "command": "python -m benchmarks.energy_conservation --steps %d --timestep %g --temperature %g "
+            "--tight-tol %g --max-force %g --cost-frames %d --threads %d"
+            % (
+                args.steps,
+                args.timestep,
+                args.temperature,
+                args.tight_tol,
+                args.max_force,
+                args.cost_frames,
+                args.threads,
+            ),
+            "machine": machine(),
+            "method": __doc__.split("Method: ")[1].split("    .venv")[0].strip(),
+            "nve": runs,
+            "common_window_steps": window,
+            "drift_ratio_vs_direct": ratios,
+            "step_cost": costs,
+            "target": "|drift| of energy-gradient forces <= 0.1 x direct forces",
+        },
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,9 +157,12 @@ def main(argv=None):
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for label, r in runs.items():
         t = np.arange(len(r["etot_minus_start_meV_per_atom"])) * args.timestep
-        ax.plot(t, r["etot_minus_start_meV_per_atom"],
-                label=f"{label}: {r['window_drift_meV_per_atom_per_ps']:.3g} meV/atom/ps"
-                      f" (first {window} steps)" + (f", unphysical at {r['unphysical_step']}" if r["unphysical_step"] else ""))
+        ax.plot(
+            t,
+            r["etot_minus_start_meV_per_atom"],
+            label=f"{label}: {r['window_drift_meV_per_atom_per_ps']:.3g} meV/atom/ps"
+            f" (first {window} steps)" + (f", unphysical at {r['unphysical_step']}" if r["unphysical_step"] else ""),
+        )
     ax.set_xlabel("time (fs)")
     ax.set_ylabel("E_tot(t) - E_tot(0) (meV/atom)")
     ax.set_title(f"NVE ethanol, {args.timestep:g} fs, {args.temperature:g} K")

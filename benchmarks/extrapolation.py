@@ -78,7 +78,7 @@ def along(model: Trained, frames: list, tol: float, predictors: list[str]) -> di
         t0 = time.perf_counter()
         _, f_cold, _, s = model.predict(atoms)
         _add(records["cold"], time.perf_counter() - t0, s)
-        for name in predictors[i % len(predictors):] + predictors[:i % len(predictors)]:  # rotate: no order bias
+        for name in predictors[i % len(predictors) :] + predictors[: i % len(predictors)]:  # rotate: no order bias
             t0 = time.perf_counter()
             guess = histories[name].predict()  # the extrapolation's own cost counts too
             _, f, fp, s = model.predict(atoms, initial_guess=guess)
@@ -95,13 +95,20 @@ def summarise(records: dict) -> dict:
     last_s = statistics.median(records["last"]["seconds"])
     out = {}
     for name, r in records.items():
-        s = {"nfe_mean": statistics.mean(r["nfe"]), "nstep_mean": statistics.mean(r["nstep"]),
-             "nfe_over_last": statistics.mean(r["nfe"]) / last_nfe,
-             "median_s_over_last": statistics.median(r["seconds"]) / last_s, "n": len(r["nfe"])}
+        s = {
+            "nfe_mean": statistics.mean(r["nfe"]),
+            "nstep_mean": statistics.mean(r["nstep"]),
+            "nfe_over_last": statistics.mean(r["nfe"]) / last_nfe,
+            "median_s_over_last": statistics.median(r["seconds"]) / last_s,
+            "n": len(r["nfe"]),
+        }
         if name != "cold":
-            s.update(markov_mean=statistics.mean(r["markov"]), markov_max=max(r["markov"]),
-                     prediction_error_mean=statistics.mean(r["prediction_error"]),
-                     fallbacks=int(sum(r["fallback"])))
+            s.update(
+                markov_mean=statistics.mean(r["markov"]),
+                markov_max=max(r["markov"]),
+                prediction_error_mean=statistics.mean(r["prediction_error"]),
+                fallbacks=int(sum(r["fallback"])),
+            )
             s["meets_target"] = s["nfe_over_last"] <= TARGET_NFE_RATIO and s["markov_max"] < MARKOV_BOUND
         out[name] = s
     return out
@@ -121,8 +128,9 @@ def plot(summary: dict, predictors: list[str], result_name: str):
         for ax, key in zip(axes, ("nfe_over_last", "median_s_over_last", "markov_max")):
             values = [summary[run][name][key] * (100 if key == "markov_max" else 1) for run in runs]
             ax.bar(x + i * width, values, width, label=name)
-    for ax, label in zip(axes, ("solver evaluations per step / last", "median wall-clock per step / last",
-                                "max Markov deviation (%)")):
+    for ax, label in zip(
+        axes, ("solver evaluations per step / last", "median wall-clock per step / last", "max Markov deviation (%)")
+    ):
         ax.set_xticks(x + 0.4 - width / 2, runs, rotation=30, fontsize=7, ha="right")
         ax.set_ylabel(label)
     axes[0].axhline(TARGET_NFE_RATIO, color="k", lw=0.8, ls=":")
@@ -161,25 +169,45 @@ def main(argv=None):
                 run = f"{model.label}/{system}/{tol:g}"
                 raw[run], summary[run] = records, summarise(records)
                 for p, s in summary[run].items():
-                    print(f"{run} {p:9s} nfe {s['nfe_mean']:5.2f} ({s['nfe_over_last']:.2f}x last) "
-                          f"time {s['median_s_over_last']:.2f}x last"
-                          + ("" if p == "cold" else f"  markov {100 * s['markov_mean']:.3f}% (max "
-                             f"{100 * s['markov_max']:.3f}%)  guess error {s['prediction_error_mean']:.2e}"),
-                          flush=True)
+                    print(
+                        f"{run} {p:9s} nfe {s['nfe_mean']:5.2f} ({s['nfe_over_last']:.2f}x last) "
+                        f"time {s['median_s_over_last']:.2f}x last"
+                        + (
+                            ""
+                            if p == "cold"
+                            else f"  markov {100 * s['markov_mean']:.3f}% (max "
+                            f"{100 * s['markov_max']:.3f}%)  guess error {s['prediction_error_mean']:.2e}"
+                        ),
+                        flush=True,
+                    )
     if args.no_save:
         return
-    command = "python -m benchmarks.extrapolation --frames %d --models %s --tols %s --oc20-trajs %d --oc20-steps %d --substeps %d --threads %d" % (
-        args.frames, " ".join(args.models), " ".join(f"{t:g}" for t in args.tols), args.oc20_trajs,
-        args.oc20_steps, args.substeps, args.threads)
+    command = (
+        "python -m benchmarks.extrapolation --frames %d --models %s --tols %s --oc20-trajs %d --oc20-steps %d --substeps %d --threads %d"
+        % (
+            args.frames,
+            " ".join(args.models),
+            " ".join(f"{t:g}" for t in args.tols),
+            args.oc20_trajs,
+            args.oc20_steps,
+            args.substeps,
+            args.threads,
+        )
+    )
     result_name = "extrapolation" if args.substeps == 1 else f"extrapolation_substeps{args.substeps}"
-    write_json(result_name, {
-        "command": command, "machine": machine(),
-        "ethanol_frames": "%g..%g, %g fs apart (first = cold seed)" % (
-            ethanol[0].info["frame"], ethanol[-1].info["frame"], 0.5 / args.substeps),
-        "oc20": [f"{len(f)} steps of {f[0].get_chemical_formula()}" for f in systems.get("oc20", [])],
-        "targets": {"nfe_over_last": TARGET_NFE_RATIO, "markov_max": MARKOV_BOUND},
-        "summary": summary, "per_frame": raw,
-    })
+    write_json(
+        result_name,
+        {
+            "command": command,
+            "machine": machine(),
+            "ethanol_frames": "%g..%g, %g fs apart (first = cold seed)"
+            % (ethanol[0].info["frame"], ethanol[-1].info["frame"], 0.5 / args.substeps),
+            "oc20": [f"{len(f)} steps of {f[0].get_chemical_formula()}" for f in systems.get("oc20", [])],
+            "targets": {"nfe_over_last": TARGET_NFE_RATIO, "markov_max": MARKOV_BOUND},
+            "summary": summary,
+            "per_frame": raw,
+        },
+    )
     plot(summary, predictors, result_name)
 
 

@@ -84,6 +84,7 @@ def measure(repeats: int) -> dict:
             def fn():
                 with torch.no_grad():
                     model(batch)
+
             return fn
 
         med = _interleaved_medians({k: run(m) for k, m in models.items()}, repeats)
@@ -96,8 +97,10 @@ def measure(repeats: int) -> dict:
             "iteration_over_block": iteration / block,
             "medians_ms": {k: 1e3 * v for k, v in med.items()},
         }
-        print(f"{name}: DEQ iteration {1e3*iteration:.2f} ms, explicit block {1e3*block:.2f} ms, "
-              f"ratio {iteration/block:.3f}")
+        print(
+            f"{name}: DEQ iteration {1e3 * iteration:.2f} ms, explicit block {1e3 * block:.2f} ms, "
+            f"ratio {iteration / block:.3f}"
+        )
     return results
 
 
@@ -146,10 +149,15 @@ def main(argv=None):
     results = measure(args.repeats)
     counts = parameter_counts()
     print("parameters:", counts)
-    path = write_json("iteration_cost", {
-        "command": "python -m benchmarks.iteration_cost --repeats %d" % args.repeats,
-        "machine": machine(), "iteration_vs_block": results, "parameters": counts,
-    })
+    path = write_json(
+        "iteration_cost",
+        {
+            "command": "python -m benchmarks.iteration_cost --repeats %d" % args.repeats,
+            "machine": machine(),
+            "iteration_vs_block": results,
+            "parameters": counts,
+        },
+    )
     png = plot(results, counts)
     print(f"wrote {path} and {png}")
 

@@ -51,16 +51,27 @@ def along(model: Trained, frames: list, tol: float) -> dict:
         cold_nfe.append(s_cold["nfe"])
         warm_nfe.append(s_warm["nfe"])
         dev.append(float(np.linalg.norm(f_warm - f_cold) / np.linalg.norm(f_cold)))
-    return {"cold_nstep": cold_n, "warm_nstep": warm_n, "cold_nfe": cold_nfe, "warm_nfe": warm_nfe,
-            "markov_rel_force_dev": dev}
+    return {
+        "cold_nstep": cold_n,
+        "warm_nstep": warm_n,
+        "cold_nfe": cold_nfe,
+        "warm_nfe": warm_nfe,
+        "markov_rel_force_dev": dev,
+    }
 
 
 def summarise(r: dict) -> dict:
     cold, warm = statistics.mean(r["cold_nstep"]), statistics.mean(r["warm_nstep"])
-    return {"cold_mean": cold, "warm_mean": warm, "warm_over_cold": warm / cold,
-            "cold_nfe_mean": statistics.mean(r["cold_nfe"]), "warm_nfe_mean": statistics.mean(r["warm_nfe"]),
-            "markov_mean": statistics.mean(r["markov_rel_force_dev"]),
-            "markov_max": max(r["markov_rel_force_dev"]), "n": len(r["cold_nstep"])}
+    return {
+        "cold_mean": cold,
+        "warm_mean": warm,
+        "warm_over_cold": warm / cold,
+        "cold_nfe_mean": statistics.mean(r["cold_nfe"]),
+        "warm_nfe_mean": statistics.mean(r["warm_nfe"]),
+        "markov_mean": statistics.mean(r["markov_rel_force_dev"]),
+        "markov_max": max(r["markov_rel_force_dev"]),
+        "n": len(r["cold_nstep"]),
+    }
 
 
 def plot(summary: dict):
@@ -73,7 +84,7 @@ def plot(summary: dict):
     for (system, model), rows in summary.items():
         tols = sorted(rows, key=float)
         t = [float(x) for x in tols]
-        line, = ax1.plot(t, [rows[x]["cold_mean"] for x in tols], "o--", label=f"{model} {system} cold")
+        (line,) = ax1.plot(t, [rows[x]["cold_mean"] for x in tols], "o--", label=f"{model} {system} cold")
         ax1.plot(t, [rows[x]["warm_mean"] for x in tols], "o-", color=line.get_color(), label=f"{model} {system} warm")
         ax2.plot(t, [100 * rows[x]["markov_mean"] for x in tols], "o-", label=f"{model} {system}")
     for ax in (ax1, ax2):
@@ -107,18 +118,30 @@ def main(argv=None):
                 r = {k: [x for p in parts for x in p[k]] for k in parts[0]}
                 raw[f"{model.label}/{system}/{tol:g}"] = r
                 summary.setdefault((system, model.label), {})[f"{tol:g}"] = s = summarise(r)
-                print(f"{model.label} {system} tol {tol:g}: cold {s['cold_mean']:.2f} warm {s['warm_mean']:.2f} "
-                      f"ratio {s['warm_over_cold']:.2f} (nfe {s['cold_nfe_mean']:.2f}/{s['warm_nfe_mean']:.2f}) markov {100*s['markov_mean']:.3f}% "
-                      f"(max {100*s['markov_max']:.3f}%)", flush=True)
+                print(
+                    f"{model.label} {system} tol {tol:g}: cold {s['cold_mean']:.2f} warm {s['warm_mean']:.2f} "
+                    f"ratio {s['warm_over_cold']:.2f} (nfe {s['cold_nfe_mean']:.2f}/{s['warm_nfe_mean']:.2f}) markov {100 * s['markov_mean']:.3f}% "
+                    f"(max {100 * s['markov_max']:.3f}%)",
+                    flush=True,
+                )
     command = "python -m benchmarks.iterations --frames %d --oc20-trajs %d --oc20-steps %d --oc20-tols %s" % (
-        args.frames, args.oc20_trajs, args.oc20_steps, " ".join(f"{t:g}" for t in args.oc20_tols))
-    write_json("iterations", {
-        "command": command, "machine": machine(),
-        "ethanol_frames": f"{ethanol[0].info['frame']}..{ethanol[-1].info['frame']} (first = cold seed)",
-        "oc20": [f"{len(f)} steps of {f[0].get_chemical_formula()}" for f in oc20],
-        "caveat": "models trained on MD17 ethanol only; OC20 numbers are out-of-distribution",
-        "summary": {f"{m}/{s}": v for (s, m), v in summary.items()}, "per_frame": raw,
-    })
+        args.frames,
+        args.oc20_trajs,
+        args.oc20_steps,
+        " ".join(f"{t:g}" for t in args.oc20_tols),
+    )
+    write_json(
+        "iterations",
+        {
+            "command": command,
+            "machine": machine(),
+            "ethanol_frames": f"{ethanol[0].info['frame']}..{ethanol[-1].info['frame']} (first = cold seed)",
+            "oc20": [f"{len(f)} steps of {f[0].get_chemical_formula()}" for f in oc20],
+            "caveat": "models trained on MD17 ethanol only; OC20 numbers are out-of-distribution",
+            "summary": {f"{m}/{s}": v for (s, m), v in summary.items()},
+            "per_frame": raw,
+        },
+    )
     plot(summary)
 
 

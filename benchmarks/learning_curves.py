@@ -41,8 +41,9 @@ def main(argv=None) -> dict:
             cpu_s = int(path.stem[3:])
             model = Trained(name, path)
             row = evaluate(model, frames)
-            row.update(cpu_minutes=cpu_s / 60,
-                       step=int(torch.load(path, map_location="cpu", weights_only=False)["step"]))
+            row.update(
+                cpu_minutes=cpu_s / 60, step=int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+            )
             points.append(row)
             print(model.label, row, flush=True)
         if points:
@@ -50,10 +51,14 @@ def main(argv=None) -> dict:
     constant = constant_prediction_mae(frames)
     previous = read_json("learning_curves").get("curves", {})  # models not evaluated this time stay
     curves = {**{k: v for k, v in previous.items() if k not in curves}, **curves}
-    payload = {"command": f"python -m benchmarks.learning_curves --frames {args.frames} (models evaluated by "
-                          "separate invocations are merged)",
-               "machine": machine(), "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']}",
-               "constant_prediction_energy_mae_kcal_mol": constant, "curves": curves}
+    payload = {
+        "command": f"python -m benchmarks.learning_curves --frames {args.frames} (models evaluated by "
+        "separate invocations are merged)",
+        "machine": machine(),
+        "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']}",
+        "constant_prediction_energy_mae_kcal_mol": constant,
+        "curves": curves,
+    }
     write_json("learning_curves", payload)
     _plot(curves, constant)
     return payload

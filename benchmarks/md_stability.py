@@ -60,15 +60,30 @@ def run_one(job: tuple) -> dict:
     start = held_out_frames(1)[0]
     trajectory = WORK / "md_stability" / f"{name}_{temperature:.0f}K.traj"
     trajectory.parent.mkdir(parents=True, exist_ok=True)
-    report = run_md(start, _calculator(name), ensemble="nvt", timestep_fs=0.5, steps=steps,
-                    temperature_K=temperature, seed=seed, progress=False, max_bond_stretch=0.5,
-                    min_distance=0.5, max_force=1e3, trajectory=trajectory)
+    report = run_md(
+        start,
+        _calculator(name),
+        ensemble="nvt",
+        timestep_fs=0.5,
+        steps=steps,
+        temperature_K=temperature,
+        seed=seed,
+        progress=False,
+        max_bond_stretch=0.5,
+        min_distance=0.5,
+        max_force=1e3,
+        trajectory=trajectory,
+    )
     positions = np.array([atoms.positions for atoms in read(trajectory, ":")])
-    return {"model": LABELS[name], "temperature_K": temperature, "steps_requested": steps,
-            "steps_stable": report.unphysical_step if report.unphysical_step is not None else report.steps_run,
-            "unphysical_reason": report.unphysical_reason,
-            "mean_solver_evaluations": report.mean_solver_iterations,
-            "trajectory_positions": positions}
+    return {
+        "model": LABELS[name],
+        "temperature_K": temperature,
+        "steps_requested": steps,
+        "steps_stable": report.unphysical_step if report.unphysical_step is not None else report.steps_run,
+        "unphysical_reason": report.unphysical_reason,
+        "mean_solver_evaluations": report.mean_solver_iterations,
+        "trajectory_positions": positions,
+    }
 
 
 def main(argv=None) -> dict:
@@ -89,10 +104,15 @@ def main(argv=None) -> dict:
         print({k: v for k, v in run.items() if k != "h_r"}, flush=True)
     done = {(r["model"], r["temperature_K"]) for r in runs}  # other pairs' earlier runs stay
     runs = [r for r in read_json("md_stability").get("runs", []) if (r["model"], r["temperature_K"]) not in done] + runs
-    payload = {"command": f"python -m benchmarks.md_stability --steps {args.steps} --models {' '.join(args.models)}"
-                          " (runs of separate invocations are merged)",
-               "machine": machine(), "start_frame": N_TRAINVAL_FRAMES, "bins_A": BINS.tolist(),
-               "reference_h_r": reference.tolist(), "runs": runs}
+    payload = {
+        "command": f"python -m benchmarks.md_stability --steps {args.steps} --models {' '.join(args.models)}"
+        " (runs of separate invocations are merged)",
+        "machine": machine(),
+        "start_frame": N_TRAINVAL_FRAMES,
+        "bins_A": BINS.tolist(),
+        "reference_h_r": reference.tolist(),
+        "runs": runs,
+    }
     write_json("md_stability", payload)
     _plot(payload)
     return payload

@@ -38,8 +38,14 @@ def _optimiser_steps(paths) -> list[float]:
     for path in paths:
         frames = read(path, index=":")
         for a, b in itertools.pairwise(frames):
-            out.append(max_displacement(torch.as_tensor(b.positions), torch.as_tensor(a.positions),
-                                        torch.as_tensor(np.asarray(a.cell)), torch.as_tensor(a.pbc)))
+            out.append(
+                max_displacement(
+                    torch.as_tensor(b.positions),
+                    torch.as_tensor(a.positions),
+                    torch.as_tensor(np.asarray(a.cell)),
+                    torch.as_tensor(a.pbc),
+                )
+            )
     return out
 
 
@@ -53,8 +59,14 @@ def _random_pairs(positions: np.ndarray, pairs: int, seed: int = 0) -> list[floa
 
 def _summary(values: list[float], bound: float) -> dict:
     v = np.asarray(values)
-    return {"n": len(v), "median": float(np.median(v)), "p99": float(np.percentile(v, 99)),
-            "max": float(v.max()), "min": float(v.min()), "fraction_reused": float(np.mean(v <= bound))}
+    return {
+        "n": len(v),
+        "median": float(np.median(v)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+        "min": float(v.min()),
+        "fraction_reused": float(np.mean(v <= bound)),
+    }
 
 
 def main(argv=None) -> dict:
@@ -71,13 +83,18 @@ def main(argv=None) -> dict:
         "OC20 DFT optimiser step": _optimiser_steps(sorted((SHARED_DATA / "oc20_relax_trajs").glob("*.traj"))),
         "random ethanol frames": _random_pairs(ethanol, args.pairs),
     }
-    result = {"bound": args.bound, "machine": machine(),
-              "groups": {name: _summary(v, args.bound) for name, v in groups.items()}}
+    result = {
+        "bound": args.bound,
+        "machine": machine(),
+        "groups": {name: _summary(v, args.bound) for name, v in groups.items()},
+    }
     write_json("reuse_displacement", result)
     _plot(groups, args.bound)
     for name, s in result["groups"].items():
-        print(f"{name:26s} n={s['n']:5d} median {s['median']:.4f} p99 {s['p99']:.4f} "
-              f"max {s['max']:.4f} Å  reused at {args.bound} Å: {100 * s['fraction_reused']:.1f} %")
+        print(
+            f"{name:26s} n={s['n']:5d} median {s['median']:.4f} p99 {s['p99']:.4f} "
+            f"max {s['max']:.4f} Å  reused at {args.bound} Å: {100 * s['fraction_reused']:.1f} %"
+        )
     return result
 
 

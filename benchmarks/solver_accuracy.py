@@ -90,20 +90,39 @@ def references(model: Trained, frames: list) -> list[dict]:
     for atoms in frames:
         _, forces, fp, stats = model.predict(atoms)
         if not stats.get("converged"):
-            print(f"  warning: reference solve of frame {atoms.info['frame']} did not converge "
-                  f"(rel residual {stats.get('rel_residual'):.2e})", flush=True)
+            print(
+                f"  warning: reference solve of frame {atoms.info['frame']} did not converge "
+                f"(rel residual {stats.get('rel_residual'):.2e})",
+                flush=True,
+            )
         out.append({"forces": forces, "fixed_point": fp.detach().double().numpy(), "stats": stats})
     return out
 
 
-def run_setting(model: Trained, prior: ContractionPrior, frames: list, refs: list[dict],
-                mode: str, tol: float, max_iter: int) -> dict:
+def run_setting(
+    model: Trained, prior: ContractionPrior, frames: list, refs: list[dict], mode: str, tol: float, max_iter: int
+) -> dict:
     """Per-frame records of the cold, warm and (error rule) warm+q solves of frames[1:];
     frame 0 (cold at this setting) seeds the warm chains."""
     set_solver(model, stop_mode=mode, tol=tol, max_iter=max_iter)
     starts = ("cold", "warm", "warm+q") if mode == "error" else ("cold", "warm")
-    rec = {s: {k: [] for k in ("nstep", "nfe", "force_err", "z_err", "error_estimate", "contraction",
-                                "rel_residual", "converged", "fallback")} for s in starts}
+    rec = {
+        s: {
+            k: []
+            for k in (
+                "nstep",
+                "nfe",
+                "force_err",
+                "z_err",
+                "error_estimate",
+                "contraction",
+                "rel_residual",
+                "converged",
+                "fallback",
+            )
+        }
+        for s in starts
+    }
     dev = {s: [] for s in starts if s != "cold"}
     prior.value = None
     _, _, fp0, s0 = model.predict(frames[0])
@@ -138,14 +157,19 @@ def summarise(r: dict) -> dict:
     mean = statistics.mean
     fe = r["force_err"]
     s = {
-        "nstep_mean": mean(r["nstep"]), "nfe_mean": mean(r["nfe"]),
-        "force_err_mean": mean(fe), "force_err_max": max(fe),
-        "z_err_mean": mean(r["z_err"]), "z_err_max": max(r["z_err"]),
+        "nstep_mean": mean(r["nstep"]),
+        "nfe_mean": mean(r["nfe"]),
+        "force_err_mean": mean(fe),
+        "force_err_max": max(fe),
+        "z_err_mean": mean(r["z_err"]),
+        "z_err_max": max(r["z_err"]),
         "error_estimate_mean": mean(r["error_estimate"]),
         # the solver's estimate should bound ||z - z*|| / ||z||: how often it does not
         "estimate_below_z_err": mean(float(e < z) for e, z in zip(r["error_estimate"], r["z_err"])),
-        "contraction_mean": mean(r["contraction"]), "contraction_max": max(r["contraction"]),
-        "nonconverged": sum(1 for c in r["converged"] if c < 0.5), "fallbacks": sum(r["fallback"]),
+        "contraction_mean": mean(r["contraction"]),
+        "contraction_max": max(r["contraction"]),
+        "nonconverged": sum(1 for c in r["converged"] if c < 0.5),
+        "fallbacks": sum(r["fallback"]),
         "n": len(fe),
     }
     if "warm_vs_cold" in r:
@@ -156,18 +180,25 @@ def summarise(r: dict) -> dict:
 
 
 def row_text(label: str, key: str, start: str, s: dict) -> str:
-    dev = (f"{100 * s['warm_vs_cold_mean']:6.3f}/{100 * s['warm_vs_cold_max']:6.3f}"
-           if "warm_vs_cold_mean" in s else f"{'-':>6}/{'-':>6}")
+    dev = (
+        f"{100 * s['warm_vs_cold_mean']:6.3f}/{100 * s['warm_vs_cold_max']:6.3f}"
+        if "warm_vs_cold_mean" in s
+        else f"{'-':>6}/{'-':>6}"
+    )
     flags = ",".join(f for f, ok in (("safe", s["safe"]), ("tight", s["tight"])) if ok) or "-"
-    return (f"| {label} | {key} | {start} | {s['nstep_mean']:.2f} | {s['nfe_mean']:.2f} | "
-            f"{100 * s['force_err_mean']:.3f} | {100 * s['force_err_max']:.3f} | {dev} | "
-            f"{100 * s['z_err_mean']:.3f} | {100 * s['error_estimate_mean']:.3f} | "
-            f"{s['contraction_mean']:.2f} | {s['nonconverged']} | {flags} |")
+    return (
+        f"| {label} | {key} | {start} | {s['nstep_mean']:.2f} | {s['nfe_mean']:.2f} | "
+        f"{100 * s['force_err_mean']:.3f} | {100 * s['force_err_max']:.3f} | {dev} | "
+        f"{100 * s['z_err_mean']:.3f} | {100 * s['error_estimate_mean']:.3f} | "
+        f"{s['contraction_mean']:.2f} | {s['nonconverged']} | {flags} |"
+    )
 
 
-HEADER = ("| checkpoint | setting | start | nstep | nfe | F err mean % | F err max % | "
-          "warm-vs-cold mean/max % | z err mean % | est. mean % | q mean | unconv. | flags |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| checkpoint | setting | start | nstep | nfe | F err mean % | F err max % | "
+    "warm-vs-cold mean/max % | z err mean % | est. mean % | q mean | unconv. | flags |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def plot(summary: dict):
@@ -189,8 +220,15 @@ def plot(summary: dict):
                     continue
                 x = [s["nfe_mean"] for _, s in pts]
                 y = [100 * s["force_err_mean"] for _, s in pts]
-                ax.plot(x, y, marker=marker, ls="-" if start == "cold" else "--", color=colors[mode],
-                        mfc="none" if start != "cold" else colors[mode], label=f"{mode} {start}")
+                ax.plot(
+                    x,
+                    y,
+                    marker=marker,
+                    ls="-" if start == "cold" else "--",
+                    color=colors[mode],
+                    mfc="none" if start != "cold" else colors[mode],
+                    label=f"{mode} {start}",
+                )
                 for (key, _), xi, yi in zip(pts, x, y):
                     ax.annotate(key.split()[1], (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points")
         ax.axhline(100 * SAFE_MEAN, color="k", lw=0.8, ls=":")
@@ -206,9 +244,12 @@ def plot(summary: dict):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=40, help="consecutive held-back ethanol frames measured")
-    parser.add_argument("--checkpoints", nargs="+", default=list(DEFAULT_CHECKPOINTS),
-                        help="DEQ checkpoints as LABEL=PATH or PATH (e.g. "
-                             "benchmarks/work/runs/checkpoints/deq1/checkpoint.pt)")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=list(DEFAULT_CHECKPOINTS),
+        help="DEQ checkpoints as LABEL=PATH or PATH (e.g. benchmarks/work/runs/checkpoints/deq1/checkpoint.pt)",
+    )
     parser.add_argument("--tols", type=float, nargs="+", default=list(TOLS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--max-iter", type=int, default=40, help="iteration cap of the measured settings")
@@ -221,10 +262,16 @@ def main(argv=None):
         model = Trained("deq1", path)  # any "deq*" name: loaded through DEQCalculator
         prior = ContractionPrior(model)
         refs = references(model, frames)
-        print(f"{label}: reference nfe mean {statistics.mean(r['stats']['nfe'] for r in refs):.1f}, "
-              f"contraction mean {statistics.mean(r['stats']['contraction'] for r in refs):.3f}", flush=True)
-        summary[label] = {"path": str(path), "reference_nfe_mean": statistics.mean(r["stats"]["nfe"] for r in refs),
-                          "reference_contraction_mean": statistics.mean(r["stats"]["contraction"] for r in refs)}
+        print(
+            f"{label}: reference nfe mean {statistics.mean(r['stats']['nfe'] for r in refs):.1f}, "
+            f"contraction mean {statistics.mean(r['stats']['contraction'] for r in refs):.3f}",
+            flush=True,
+        )
+        summary[label] = {
+            "path": str(path),
+            "reference_nfe_mean": statistics.mean(r["stats"]["nfe"] for r in refs),
+            "reference_contraction_mean": statistics.mean(r["stats"]["contraction"] for r in refs),
+        }
         for mode in args.modes:
             for tol in args.tols:
                 key = f"{mode} {tol:g}"
@@ -235,21 +282,41 @@ def main(argv=None):
                     line = row_text(label, key, start, s)
                     table.append(line)
                     print(line, flush=True)
-    command = ("OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.solver_accuracy --frames %d --checkpoints %s "
-               "--tols %s --modes %s --max-iter %d" % (
-                   args.frames, " ".join(args.checkpoints), " ".join(f"{t:g}" for t in args.tols),
-                   " ".join(args.modes), args.max_iter))
-    write_json("solver_accuracy", {
-        "command": command, "machine": machine(),
-        "ethanol_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (first = warm-chain seed)",
-        "reference": REFERENCE,
-        "flags": {"safe": f"mean force error < {100 * SAFE_MEAN:g} % and max < {100 * SAFE_MAX:g} %",
-                  "tight": f"mean force error < {100 * TIGHT_MEAN:g} %"},
-        "columns": {"nstep": "evaluation at which the rule was met (mean)", "nfe": "evaluations spent (mean)",
-                    "force_err": "||F - F_ref|| / ||F_ref||", "z_err": "||z - z_ref|| / ||z_ref||",
-                    "error_estimate": "solver's q/(1-q) x rel residual", "warm_vs_cold": "||F_warm - F_cold|| / ||F_cold||"},
-        "summary": summary, "table": "\n".join(table), "per_frame": raw,
-    })
+    command = (
+        "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.solver_accuracy --frames %d --checkpoints %s "
+        "--tols %s --modes %s --max-iter %d"
+        % (
+            args.frames,
+            " ".join(args.checkpoints),
+            " ".join(f"{t:g}" for t in args.tols),
+            " ".join(args.modes),
+            args.max_iter,
+        )
+    )
+    write_json(
+        "solver_accuracy",
+        {
+            "command": command,
+            "machine": machine(),
+            "ethanol_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']} (first = warm-chain seed)",
+            "reference": REFERENCE,
+            "flags": {
+                "safe": f"mean force error < {100 * SAFE_MEAN:g} % and max < {100 * SAFE_MAX:g} %",
+                "tight": f"mean force error < {100 * TIGHT_MEAN:g} %",
+            },
+            "columns": {
+                "nstep": "evaluation at which the rule was met (mean)",
+                "nfe": "evaluations spent (mean)",
+                "force_err": "||F - F_ref|| / ||F_ref||",
+                "z_err": "||z - z_ref|| / ||z_ref||",
+                "error_estimate": "solver's q/(1-q) x rel residual",
+                "warm_vs_cold": "||F_warm - F_cold|| / ||F_cold||",
+            },
+            "summary": summary,
+            "table": "\n".join(table),
+            "per_frame": raw,
+        },
+    )
     plot({label: {k: v for k, v in rows.items() if isinstance(v, dict)} for label, rows in summary.items()})
     print("\n".join(table))
 

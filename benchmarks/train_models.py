@@ -42,9 +42,15 @@ LMDB = WORK / "md17_ethanol"
 RUNS = WORK / "runs"
 MODELS = ("deq1", "deq2", "eqv2_4l", "eqv2_8l")  # the equal-budget comparison
 EXTRA_MODELS = ("deq1_conservative",)  # variants, trained with the same recipe on request
-LABELS = {"deq1": "DEQ1", "deq2": "DEQ2", "eqv2_4l": "EquiformerV2-4", "eqv2_8l": "EquiformerV2-8",
-          "deq1_conservative": "DEQ1 (energy-gradient forces)",
-          "deq1_dens": "DEQ1 + DeNS", "deq1_nodens": "DEQ1 (no DeNS)"}
+LABELS = {
+    "deq1": "DEQ1",
+    "deq2": "DEQ2",
+    "eqv2_4l": "EquiformerV2-4",
+    "eqv2_8l": "EquiformerV2-8",
+    "deq1_conservative": "DEQ1 (energy-gradient forces)",
+    "deq1_dens": "DEQ1 + DeNS",
+    "deq1_nodens": "DEQ1 (no DeNS)",
+}
 # run name -> configs/md17/ethanol/<config>.yml where they differ (benchmarks.dens_accuracy's
 # control is DEQ1 under its own run name, so it never touches the deq1 checkpoint)
 CONFIG_OF = {"deq1_nodens": "deq1"}
@@ -65,8 +71,9 @@ def held_out_frames(n: int | None = None):
     frames = []
     for i in range(N_TRAINVAL_FRAMES, stop):
         atoms = Atoms(numbers=d["z"], positions=d["R"][i], pbc=False)
-        atoms.info.update(frame=i, energy_ev=float(np.ravel(d["E"][i])[0]) / KCAL_PER_EV,
-                          forces_ev=d["F"][i] / KCAL_PER_EV)
+        atoms.info.update(
+            frame=i, energy_ev=float(np.ravel(d["E"][i])[0]) / KCAL_PER_EV, forces_ev=d["F"][i] / KCAL_PER_EV
+        )
         frames.append(atoms)
     return frames
 
@@ -106,13 +113,28 @@ def train_command(name: str, epochs: float, deq_grad: str | None) -> list[str]:
     """The fairchem CLI command line of one benchmark training run (deq_grad None: the
     config's own gradient rule)."""
     args = [
-        str(Path(sys.executable).parent / "fairchem"), "--mode", "train",
-        "--config-yml", str(REPO / config_path(name)), "--cpu",
-        "--run-dir", str(RUNS), "--identifier", name, "--timestamp-id", name, "--print-every", "5",
-        f"--dataset.train.src={LMDB / 'train'}", f"--dataset.val.src={LMDB / 'val'}",
+        str(Path(sys.executable).parent / "fairchem"),
+        "--mode",
+        "train",
+        "--config-yml",
+        str(REPO / config_path(name)),
+        "--cpu",
+        "--run-dir",
+        str(RUNS),
+        "--identifier",
+        name,
+        "--timestamp-id",
+        name,
+        "--print-every",
+        "5",
+        f"--dataset.train.src={LMDB / 'train'}",
+        f"--dataset.val.src={LMDB / 'val'}",
         f"--dataset.test.src={LMDB / 'test'}",
-        "--optim.num_workers=0", f"--optim.max_epochs={epochs:g}", "--optim.scheduler_params.warmup_epochs=0.1",
-        "--optim.eval_every=100000000", "--optim.checkpoint_every=20",
+        "--optim.num_workers=0",
+        f"--optim.max_epochs={epochs:g}",
+        "--optim.scheduler_params.warmup_epochs=0.1",
+        "--optim.eval_every=100000000",
+        "--optim.checkpoint_every=20",
     ]
     if deq_grad not in (None, "config") and name.startswith("deq") and "conservative" not in name:
         # (energy-gradient forces keep their config's k-step phantom gradient: k=1 would
@@ -154,8 +176,15 @@ def _snapshot(name: str, cpu_s: float) -> None:
         shutil.copyfile(source, target)
 
 
-def train_all(names: list[str], args_of, threads: int, parallel: int, budget_cpu_s: float,
-              max_wall_s: float, snapshot_every_cpu_s: float | None = None) -> dict:
+def train_all(
+    names: list[str],
+    args_of,
+    threads: int,
+    parallel: int,
+    budget_cpu_s: float,
+    max_wall_s: float,
+    snapshot_every_cpu_s: float | None = None,
+) -> dict:
     """Run the trainings `parallel` at a time; stop each (SIGTERM) once it has used budget_cpu_s
     of CPU time (or max_wall_s of wall-clock). The machine is shared with other jobs, so equal
     CPU time is the fair "equal budget"; the wall-clock each run took is recorded too.
@@ -202,21 +231,32 @@ def summarise(name: str, log_path: Path, wall_s: float, cpu: float, stopped: boo
     saved = checkpoint(name)
     saved_step = torch.load(saved, map_location="cpu", weights_only=False)["step"] if saved.is_file() else None
     return {
-        "model": LABELS.get(name, name), "config": config_path(name),
-        "wall_s": wall_s, "cpu_s": cpu, "stopped_by_budget": stopped,
-        "checkpoint_step": saved_step, "last_logged_step": max(steps, default=0),
-        "first_losses": losses[:3], "last_losses": losses[-3:], "log": str(log_path.relative_to(REPO)),
+        "model": LABELS.get(name, name),
+        "config": config_path(name),
+        "wall_s": wall_s,
+        "cpu_s": cpu,
+        "stopped_by_budget": stopped,
+        "checkpoint_step": saved_step,
+        "last_logged_step": max(steps, default=0),
+        "first_losses": losses[:3],
+        "last_losses": losses[-3:],
+        "log": str(log_path.relative_to(REPO)),
     }
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser, budget_minutes: float, epochs: float) -> None:
     """The training-budget options every equal-budget benchmark shares (see `budget_of`)."""
-    parser.add_argument("--budget-minutes", type=float, default=budget_minutes,
-                        help="per run: CPU time of budget x threads, wall-clock cap 4x budget")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=budget_minutes,
+        help="per run: CPU time of budget x threads, wall-clock cap 4x budget",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=float, default=epochs, help="span of the cosine schedule")
-    parser.add_argument("--deq-grad", default="config",
-                        help="'config' (the config's own rule), 'ift' or phantom steps (int)")
+    parser.add_argument(
+        "--deq-grad", default="config", help="'config' (the config's own rule), 'ift' or phantom steps (int)"
+    )
 
 
 def budget_of(args) -> tuple[float, float]:
@@ -229,32 +269,53 @@ def main(argv=None):
     add_budget_arguments(parser, budget_minutes=1.0, epochs=4.0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + EXTRA_MODELS)
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--snapshot-minutes", type=float, default=None,
-                        help="copy each run's checkpoint every this many CPU-minutes (learning curves)")
+    parser.add_argument(
+        "--snapshot-minutes",
+        type=float,
+        default=None,
+        help="copy each run's checkpoint every this many CPU-minutes (learning curves)",
+    )
     args = parser.parse_args(argv)
     prepare_data()
     budget_cpu_s, max_wall_s = budget_of(args)
     snapshot = None if args.snapshot_minutes is None else 60 * args.snapshot_minutes
-    new_runs = train_all(args.models, lambda name: train_command(name, args.epochs, args.deq_grad),
-                         args.threads, args.parallel, budget_cpu_s, max_wall_s, snapshot)
+    new_runs = train_all(
+        args.models,
+        lambda name: train_command(name, args.epochs, args.deq_grad),
+        args.threads,
+        args.parallel,
+        budget_cpu_s,
+        max_wall_s,
+        snapshot,
+    )
     # read back only now: another train_models process may have finished meanwhile
     previous = read_json("training")
     runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}
-    command = ("python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s --models %s"
-               % (args.budget_minutes, args.threads, args.parallel, args.epochs, args.deq_grad, " ".join(args.models)))
+    command = (
+        "python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s --models %s"
+        % (args.budget_minutes, args.threads, args.parallel, args.epochs, args.deq_grad, " ".join(args.models))
+    )
     for run in new_runs.values():
         run["command"] = command
     runs.update(new_runs)
-    write_json("training", {
-        "command": "see runs[*].command (runs of several invocations are merged)",
-        "machine": machine(), "budget_cpu_s_per_model": budget_cpu_s,
-        "deq_grad": args.deq_grad, "epochs": args.epochs,
-        "budget_note": f"CPU time (user+sys, {args.threads} thread(s)) of the fairchem process incl. start-up; wall cap 4x",
-        "data": {"npz": str(ethanol_npz()), "trainval_frames": f"0..{N_TRAINVAL_FRAMES - 1}",
-                 "split": "950 train / 50 val (random, seed 0)",
-                 "held_out": f"{N_TRAINVAL_FRAMES}..1999 consecutive"},
-        "runs": runs,
-    })
+    write_json(
+        "training",
+        {
+            "command": "see runs[*].command (runs of several invocations are merged)",
+            "machine": machine(),
+            "budget_cpu_s_per_model": budget_cpu_s,
+            "deq_grad": args.deq_grad,
+            "epochs": args.epochs,
+            "budget_note": f"CPU time (user+sys, {args.threads} thread(s)) of the fairchem process incl. start-up; wall cap 4x",
+            "data": {
+                "npz": str(ethanol_npz()),
+                "trainval_frames": f"0..{N_TRAINVAL_FRAMES - 1}",
+                "split": "950 train / 50 val (random, seed 0)",
+                "held_out": f"{N_TRAINVAL_FRAMES}..1999 consecutive",
+            },
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":
@@ -262,6 +323,7 @@ if __name__ == "__main__":
 
 
 # ---- loading the trained models for the other benchmarks -------------------------------
+
 
 class Trained:
     """A checkpoint loaded through fairchem's calculators; `predict` runs the bare Hydra model
@@ -281,8 +343,9 @@ class Trained:
         if self.is_deq:
             calc = DEQCalculator(path or checkpoint(name), cpu=True, seed=0)
         else:
-            calc = OCPCalculator(checkpoint_path=path or checkpoint(name), trainer="equiformerv2_forces", cpu=True,
-                                 seed=0)
+            calc = OCPCalculator(
+                checkpoint_path=path or checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0
+            )
         logging.getLogger().setLevel(max(level, logging.WARNING))
         trainer = calc.trainer
         self.model = trainer._unwrapped_model.eval()

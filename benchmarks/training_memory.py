@@ -45,9 +45,12 @@ REPO = Path(__file__).parents[1]
 # b_tol 1e-6 absolute, 40 backward iterations)
 PAPER = {"grad": "ift", "b_tol": 1e-6, "b_stop_mode": "abs", "b_max_iter": 40}
 VARIANTS = {
-    "DEQ1": ("deq1", 1, {}), "DEQ2": ("deq2", 2, {}),
-    "DEQ1 paper": ("deq1", 1, PAPER), "DEQ2 paper": ("deq2", 2, PAPER),
-    "EquiformerV2-4": ("eqv2_4l", 4, None), "EquiformerV2-8": ("eqv2_8l", 8, None),
+    "DEQ1": ("deq1", 1, {}),
+    "DEQ2": ("deq2", 2, {}),
+    "DEQ1 paper": ("deq1", 1, PAPER),
+    "DEQ2 paper": ("deq2", 2, PAPER),
+    "EquiformerV2-4": ("eqv2_4l", 4, None),
+    "EquiformerV2-8": ("eqv2_8l", 8, None),
 }
 
 
@@ -100,9 +103,15 @@ def child(variant: str, system: str, steps: int) -> dict:
         if deq is not None:
             nsteps.append(float(captured["output"]["deq_stats"]["nstep"].float().mean()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"baseline_rss_mb": base, "peak_rss_mb": peak, "step_mb": peak - base,
-            "step_s_median": statistics.median(times[1:] or times), "weights": weights,
-            "natoms": int(batch.natoms.sum()), "train_nstep_mean": statistics.mean(nsteps) if nsteps else None}
+    return {
+        "baseline_rss_mb": base,
+        "peak_rss_mb": peak,
+        "step_mb": peak - base,
+        "step_s_median": statistics.median(times[1:] or times),
+        "weights": weights,
+        "natoms": int(batch.natoms.sum()),
+        "train_nstep_mean": statistics.mean(nsteps) if nsteps else None,
+    }
 
 
 def main(argv=None):
@@ -120,23 +129,47 @@ def main(argv=None):
         for variant in VARIANTS:
             proc = subprocess.run(
                 [sys.executable, "-m", "benchmarks.training_memory", "--child", variant, system, "--steps", str(steps)],
-                cwd=REPO, env=env, capture_output=True, text=True, check=True,
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
             results.setdefault(system, {})[variant] = r = json.loads(line[7:])
             print(system, variant, r, flush=True)
-    ratios = {s: {f"{v} / EquiformerV2-{n}": r[v][key] / r[f"EquiformerV2-{n}"][key]
-                  for v in VARIANTS if v.startswith("DEQ") for n in (4, 8) for key in ("step_mb",)}
-              for s, r in results.items()}
-    time_ratios = {s: {f"{v} / EquiformerV2-{n}": r[v]["step_s_median"] / r[f"EquiformerV2-{n}"]["step_s_median"]
-                       for v in VARIANTS if v.startswith("DEQ") for n in (4, 8)} for s, r in results.items()}
+    ratios = {
+        s: {
+            f"{v} / EquiformerV2-{n}": r[v][key] / r[f"EquiformerV2-{n}"][key]
+            for v in VARIANTS
+            if v.startswith("DEQ")
+            for n in (4, 8)
+            for key in ("step_mb",)
+        }
+        for s, r in results.items()
+    }
+    time_ratios = {
+        s: {
+            f"{v} / EquiformerV2-{n}": r[v]["step_s_median"] / r[f"EquiformerV2-{n}"]["step_s_median"]
+            for v in VARIANTS
+            if v.startswith("DEQ")
+            for n in (4, 8)
+        }
+        for s, r in results.items()
+    }
     print("memory ratios", ratios, "\nstep-time ratios", time_ratios)
-    write_json("training_memory", {
-        "command": f"python -m benchmarks.training_memory --steps {args.steps} --oc20-steps {args.oc20_steps}",
-        "machine": machine(), "method": __doc__.split("Method")[1].split("    .venv")[0].strip(),
-        "results": results, "memory_ratios": ratios, "step_time_ratios": time_ratios,
-        "target": "DEQ step memory <= 0.5 x EquiformerV2-8",
-    })
+    write_json(
+        "training_memory",
+        {
+            "command": f"python -m benchmarks.training_memory --steps {args.steps} --oc20-steps {args.oc20_steps}",
+            "machine": machine(),
+            "method": __doc__.split("Method")[1].split("    .venv")[0].strip(),
+            "results": results,
+            "memory_ratios": ratios,
+            "step_time_ratios": time_ratios,
+            "target": "DEQ step memory <= 0.5 x EquiformerV2-8",
+        },
+    )
     import matplotlib
 
     matplotlib.use("Agg")

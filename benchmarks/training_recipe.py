@@ -51,8 +51,13 @@ RECIPES = {
     "ift_rel_1e-2": {DEQ + "grad": "ift", DEQ + "b_tol": 1e-2, DEQ + "b_stop_mode": "rel", DEQ + "b_max_iter": 10},
     "phantom_1": {DEQ + "grad": 1},
     "phantom_3": {DEQ + "grad": 3},
-    "phantom_1_e10": {DEQ + "grad": 1, "loss_functions": [
-        {"energy": {"fn": "mae", "coefficient": 10}}, {"forces": {"fn": "l2mae", "coefficient": 80}}]},
+    "phantom_1_e10": {
+        DEQ + "grad": 1,
+        "loss_functions": [
+            {"energy": {"fn": "mae", "coefficient": 10}},
+            {"forces": {"fn": "l2mae", "coefficient": 80}},
+        ],
+    },
     "phantom_1_noema": {DEQ + "grad": 1, "optim.ema_warmup": False},
 }
 CONFIGS = WORK / "recipe_configs"
@@ -91,7 +96,7 @@ def constant_prediction_mae(frames) -> float:
     """Energy MAE (kcal/mol) on `frames` of predicting the mean energy of the training frames
     0..1799: what a model that learned no energy at all scores."""
     energies = np.ravel(np.load(train_models.ethanol_npz())["E"])
-    mean = float(np.mean(energies[:train_models.N_TRAINVAL_FRAMES]))  # kcal/mol
+    mean = float(np.mean(energies[: train_models.N_TRAINVAL_FRAMES]))  # kcal/mol
     return float(np.mean([abs(a.info["energy_ev"] * train_models.KCAL_PER_EV - mean) for a in frames]))
 
 
@@ -114,8 +119,14 @@ def main(argv=None) -> dict:
     budget_cpu_s, max_wall_s = budget_of(args)
     runs = {}
     if not args.skip_training:
-        runs = train_all(list(names.values()), lambda name: train_command(name, args.epochs, None),
-                         args.threads, args.parallel, budget_cpu_s, max_wall_s)
+        runs = train_all(
+            list(names.values()),
+            lambda name: train_command(name, args.epochs, None),
+            args.threads,
+            args.parallel,
+            budget_cpu_s,
+            max_wall_s,
+        )
     frames = held_out_frames(args.frames)
     constant = constant_prediction_mae(frames)
     previous = read_json("training_recipe").get("results", {})
@@ -126,17 +137,23 @@ def main(argv=None) -> dict:
         row.update({f"ema_{k}": v for k, v in ema.items()})
         run = runs.get(name, {})
         if run:
-            row.update(cpu_s=run["cpu_s"], steps=run["checkpoint_step"],
-                       cpu_s_per_step=run["cpu_s"] / max(1, run["checkpoint_step"] or 1))
+            row.update(
+                cpu_s=run["cpu_s"],
+                steps=run["checkpoint_step"],
+                cpu_s_per_step=run["cpu_s"] / max(1, run["checkpoint_step"] or 1),
+            )
         else:  # --skip-training: the training figures of the run that made the checkpoint
             row.update({k: v for k, v in previous.get(recipe, {}).items() if k in TRAINING_KEYS})
         results[recipe] = row
         print(recipe, row, flush=True)
     payload = {
-        "command": (f"python -m benchmarks.training_recipe --budget-minutes {args.budget_minutes:g} "
-                    f"--threads {args.threads} --epochs {args.epochs:g} --frames {args.frames}"
-                    + (" --skip-training (evaluation of the previous run's checkpoints)" if args.skip_training else "")),
-        "machine": machine(), "budget_cpu_s_per_recipe": budget_cpu_s,
+        "command": (
+            f"python -m benchmarks.training_recipe --budget-minutes {args.budget_minutes:g} "
+            f"--threads {args.threads} --epochs {args.epochs:g} --frames {args.frames}"
+            + (" --skip-training (evaluation of the previous run's checkpoints)" if args.skip_training else "")
+        ),
+        "machine": machine(),
+        "budget_cpu_s_per_recipe": budget_cpu_s,
         "recipes": {r: _nested(RECIPES[r]) for r in args.recipes},
         "constant_prediction_energy_mae_kcal_mol": constant,
         "test_frames": f"{frames[0].info['frame']}..{frames[-1].info['frame']}",
@@ -165,8 +182,9 @@ def _plot(results: dict, constant: float) -> None:
     axes[2].set_ylabel("CPU s per training step (1 thread)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=35)
-    fig.suptitle("DEQ1 training recipes (same schedule, equal CPU cap per run), MD17 ethanol held-back frames "
-                 "(raw weights)")
+    fig.suptitle(
+        "DEQ1 training recipes (same schedule, equal CPU cap per run), MD17 ethanol held-back frames (raw weights)"
+    )
     save_figure(fig, "training_recipe")
     plt.close(fig)
 

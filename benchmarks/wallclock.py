@@ -69,7 +69,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     frames = held_out_frames(args.frames + 2)
-    models = {m.label: m for m in (Trained("deq1"), Trained("deq2"), untrained(1), Trained("eqv2_4l"), Trained("eqv2_8l"))}
+    models = {
+        m.label: m for m in (Trained("deq1"), Trained("deq2"), untrained(1), Trained("eqv2_4l"), Trained("eqv2_8l"))
+    }
     fns = step_fns(models)
     times = {k: [] for k in fns}
     nstep = {k: [] for k in fns if " " in k}
@@ -88,10 +90,17 @@ def main(argv=None):
         for ref in ("EquiformerV2-1", "EquiformerV2-4", "EquiformerV2-8"):
             ratios[f"{deq} / {ref}"] = med[deq] / med[ref]
     for k, m in med.items():
-        print(f"{k:16s} {1e3*m:8.1f} ms" + (f"  nstep/nfe {statistics.mean(n for n, _ in nstep[k]):.2f}/{statistics.mean(e for _, e in nstep[k]):.2f}" if k in nstep else ""))
+        print(
+            f"{k:16s} {1e3 * m:8.1f} ms"
+            + (
+                f"  nstep/nfe {statistics.mean(n for n, _ in nstep[k]):.2f}/{statistics.mean(e for _, e in nstep[k]):.2f}"
+                if k in nstep
+                else ""
+            )
+        )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
-    pf = frames[2:2 + args.profile_frames]
+    pf = frames[2 : 2 + args.profile_frames]
     deq1 = models["DEQ1"]
     state = {"fp": deq1.predict(frames[1])[2]}
 
@@ -101,15 +110,20 @@ def main(argv=None):
     profiles = {"DEQ1 warm": profile(deq1_warm, pf), "EquiformerV2-8": profile(fns["EquiformerV2-8"], pf)}
     for k, v in profiles.items():
         print(f"--- profile {k}\n{v}")
-    write_json("wallclock", {
-        "command": f"python -m benchmarks.wallclock --frames {args.frames} --profile-frames {args.profile_frames} --threads {args.threads}",
-        "machine": machine(), "frames": f"{frames[2].info['frame']}..{frames[-1].info['frame']}",
-        "median_ms": {k: 1e3 * v for k, v in med.items()},
-        "deq_nstep_mean": {k: statistics.mean(n for n, _ in v) for k, v in nstep.items()},
-        "deq_nfe_mean": {k: statistics.mean(e for _, e in v) for k, v in nstep.items()},
-        "ratios": ratios, "targets": {"DEQ1 warm / EquiformerV2-8": 0.6, "DEQ1 warm / EquiformerV2-4": 1.0},
-        "profiles": profiles,
-    })
+    write_json(
+        "wallclock",
+        {
+            "command": f"python -m benchmarks.wallclock --frames {args.frames} --profile-frames {args.profile_frames} --threads {args.threads}",
+            "machine": machine(),
+            "frames": f"{frames[2].info['frame']}..{frames[-1].info['frame']}",
+            "median_ms": {k: 1e3 * v for k, v in med.items()},
+            "deq_nstep_mean": {k: statistics.mean(n for n, _ in v) for k, v in nstep.items()},
+            "deq_nfe_mean": {k: statistics.mean(e for _, e in v) for k, v in nstep.items()},
+            "ratios": ratios,
+            "targets": {"DEQ1 warm / EquiformerV2-8": 0.6, "DEQ1 warm / EquiformerV2-4": 1.0},
+            "profiles": profiles,
+        },
+    )
     import matplotlib
 
     matplotlib.use("Agg")

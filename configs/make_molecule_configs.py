@@ -14,10 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent
 MOLECULES = {
-    "md17": ["ethanol", "aspirin", "benzene", "malonaldehyde", "naphthalene",
-             "salicylic_acid", "toluene", "uracil"],
-    "md22": ["ac_ala3_nhme", "dha", "stachyose", "at_at", "at_at_cg_cg",
-             "buckyball_catcher", "double_walled_nanotube"],
+    "md17": ["ethanol", "aspirin", "benzene", "malonaldehyde", "naphthalene", "salicylic_acid", "toluene", "uracil"],
+    "md22": ["ac_ala3_nhme", "dha", "stachyose", "at_at", "at_at_cg_cg", "buckyball_catcher", "double_walled_nanotube"],
 }
 # variant -> include files after base.yml (configs/includes/md/)
 VARIANTS = {
@@ -77,7 +75,8 @@ def config_text(suite: str, molecule: str, variant: str, includes: list[str]) ->
     title = f"{variant}: {NOTES[variant]}" if variant in NOTES else variant
     return (
         HEADER.format(suite=suite, molecule=molecule, title=title)
-        + "includes:\n" + "".join(f"  - ../../includes/md/{name}\n" for name in includes)
+        + "includes:\n"
+        + "".join(f"  - ../../includes/md/{name}\n" for name in includes)
         + DATASET.format(suite=suite, molecule=molecule)
         + OVERRIDES.get(variant, "")
     )
@@ -90,17 +89,23 @@ def configs() -> dict[str, str]:
         for molecule in molecules:
             for variant, includes in VARIANTS.items():
                 files[f"{suite}/{molecule}/{variant}.yml"] = config_text(
-                    suite, molecule, variant, ["base.yml", *includes])
+                    suite, molecule, variant, ["base.yml", *includes]
+                )
             if molecule in DENS_MOLECULES[suite]:
                 files[f"{suite}/{molecule}/deq1_dens.yml"] = config_text(
-                    suite, molecule, "deq1_dens", ["deq1_dens.yml"])
+                    suite, molecule, "deq1_dens", ["deq1_dens.yml"]
+                )
     return files
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT,
-                        help="folder that receives md17/ and md22/ (default: configs/, next to this script)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT,
+        help="folder that receives md17/ and md22/ (default: configs/, next to this script)",
+    )
     out = parser.parse_args(argv).out
     for name, text in configs().items():
         path = out / name

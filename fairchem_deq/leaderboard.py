@@ -65,8 +65,11 @@ def check_predictions(path: str | Path, task: str = "s2ef") -> dict[str, int]:
         if missing:
             raise SubmissionError(
                 f"{path}: missing key(s) {missing} for {task} (has {sorted(data.files)}); "
-                + ("write it with --mode predict" if task == "s2ef"
-                   else "write it with --mode run-relaxations and task.write_pos: True")
+                + (
+                    "write it with --mode predict"
+                    if task == "s2ef"
+                    else "write it with --mode run-relaxations and task.write_pos: True"
+                )
             )
         ids = data["ids"]
         chunk_idx = np.asarray(data["chunk_idx"])
@@ -142,8 +145,9 @@ def make_submission(
     missing = [s for s in splits if not predictions.get(s)]
     extra = sorted(set(predictions) - set(splits))
     if missing or extra:
-        raise SubmissionError(f"{dataset} {task} needs exactly the splits {list(splits)}; "
-                              f"missing {missing}, unexpected {extra}")
+        raise SubmissionError(
+            f"{dataset} {task} needs exactly the splits {list(splits)}; missing {missing}, unexpected {extra}"
+        )
     if task not in TASKS:
         raise SubmissionError(f"unknown task {task!r}; choose one of {TASKS}")
     if check:
@@ -159,8 +163,15 @@ def make_submission(
     # fairchem writes the file in place; write it under a hidden name and rename when complete
     tmp = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}.npz")
     args = argparse.Namespace(
-        id=None, ood_ads=None, ood_cat=None, ood_both=None, ood=None,
-        out_path=str(tmp), is2re_relaxations=task == "is2re", hybrid=False, dataset=dataset,
+        id=None,
+        ood_ads=None,
+        ood_cat=None,
+        ood_both=None,
+        ood=None,
+        out_path=str(tmp),
+        is2re_relaxations=task == "is2re",
+        hybrid=False,
+        dataset=dataset,
     )
     for split in splits:
         setattr(args, split, str(predictions[split]))
@@ -168,8 +179,9 @@ def make_submission(
         try:
             make_submission_file.main(args)
         except StopIteration:  # ase.io.read of an empty trajectory, inside fairchem's merge
-            raise SubmissionError("an is2re trajectory has no frames; check_predictions (the "
-                                  "checks that --no-check skips) names it") from None
+            raise SubmissionError(
+                "an is2re trajectory has no frames; check_predictions (the checks that --no-check skips) names it"
+            ) from None
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -181,5 +193,8 @@ def make_s2ef_submission(id, ood_ads, ood_cat, ood_both, out_path, check: bool =
     """OC20 S2EF submission from the four test splits' `s2ef_predictions.npz`."""
     return make_submission(
         {"id": id, "ood_ads": ood_ads, "ood_cat": ood_cat, "ood_both": ood_both},
-        out_path, task="s2ef", dataset="OC20", check=check,
+        out_path,
+        task="s2ef",
+        dataset="OC20",
+        check=check,
     )

@@ -116,8 +116,9 @@ def staged_outputs(out_dir: str | Path, names: Sequence[str], overwrite: bool = 
         raise OutputExistsError(out_dir)
     existing = [out_dir / n for n in names if (out_dir / n).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(existing[0] if len(existing) == 1 else
-                                f"{out_dir} (with {', '.join(p.name for p in existing)})")
+        raise OutputExistsError(
+            existing[0] if len(existing) == 1 else f"{out_dir} (with {', '.join(p.name for p in existing)})"
+        )
     created = _missing_parents(out_dir / "x")
     stage = out_dir / f".partial-{os.getpid()}"
     try:

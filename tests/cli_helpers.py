@@ -26,11 +26,17 @@ LOSS = re.compile(r"\bloss: ([-+0-9.e]+)")
 STEP = re.compile(r"\bstep: ([-+0-9.e]+)")
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 900, program: str = "fairchem",
-            threads: int = 2) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 900, program: str = "fairchem", threads: int = 2
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [str(BIN / program), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        [str(BIN / program), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise AssertionError(

@@ -56,8 +56,9 @@ def make_model(deq=None, num_layers=1, seed=0, **overrides):
     from fairchem.core.models.base import HydraModel
 
     torch.manual_seed(seed)
-    backbone = dict(TINY_BACKBONE, model="deq_equiformer_v2_backbone", num_layers=num_layers,
-                    deq=deq or {}, **overrides)
+    backbone = dict(
+        TINY_BACKBONE, model="deq_equiformer_v2_backbone", num_layers=num_layers, deq=deq or {}, **overrides
+    )
     return HydraModel(
         backbone=backbone,
         heads={
@@ -104,10 +105,26 @@ def trained_checkpoint(tmp_path_factory, ethanol_lmdb):
     from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
 
     run_dir = tmp_path_factory.mktemp("trained")
-    run_cli([
-        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
-        "--run-dir", str(run_dir), "--identifier", "tiny", "--timestamp-id", "tiny",
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), "--optim.max_epochs=3",
-        "--optim.eval_every=1000000", "--optim.checkpoint_every=-1", "--optim.lr_initial=0.002",
-    ], cwd=run_dir)
+    run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1.yml"),
+            "--cpu",
+            "--run-dir",
+            str(run_dir),
+            "--identifier",
+            "tiny",
+            "--timestamp-id",
+            "tiny",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            "--optim.max_epochs=3",
+            "--optim.eval_every=1000000",
+            "--optim.checkpoint_every=-1",
+            "--optim.lr_initial=0.002",
+        ],
+        cwd=run_dir,
+    )
     return run_dir / "checkpoints" / "tiny" / "checkpoint.pt"

@@ -65,8 +65,11 @@ def test_fixed_point_residual_within_tolerance_and_warm_start_is_immediate():
 def test_batched_structures_of_different_sizes_match_single_solves():
     model = make_model(TIGHT_DEQ, max_radius=6.0).eval()
     # fairchem's graph builder needs one periodicity per batch: three slabs of 2 sizes
-    frames = [oc20_atoms("random1000156.traj", 0), oc20_atoms("random1000163.traj", 0),
-              oc20_atoms("random1000156.traj", 5)]
+    frames = [
+        oc20_atoms("random1000156.traj", 0),
+        oc20_atoms("random1000163.traj", 0),
+        oc20_atoms("random1000156.traj", 5),
+    ]
     assert len(frames[0]) != len(frames[1])
     e_batch, f_batch = _predict(model, to_batch(frames))
     stats = model.backbone(to_batch(frames))["deq_stats"]
@@ -76,7 +79,7 @@ def test_batched_structures_of_different_sizes_match_single_solves():
         e, f = _predict(model, to_batch([atoms]))
         n = len(atoms)
         assert torch.allclose(e_batch[i], e[0], rtol=1e-4, atol=1e-4)
-        assert (f_batch[offset:offset + n] - f).norm() / f.norm() < 2e-3
+        assert (f_batch[offset : offset + n] - f).norm() / f.norm() < 2e-3
         offset += n
 
 

@@ -106,8 +106,16 @@ def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
 def test_nve_md_logs_energy_temperature_and_solver_iterations(calc, tmp_path):
     from fairchem_deq import run_md
 
-    report = run_md(ethanol_atoms([0])[0], calc, ensemble="nve", steps=8, timestep_fs=0.5,
-                    trajectory=tmp_path / "md.traj", log=tmp_path / "md.csv", progress=False)
+    report = run_md(
+        ethanol_atoms([0])[0],
+        calc,
+        ensemble="nve",
+        steps=8,
+        timestep_fs=0.5,
+        trajectory=tmp_path / "md.traj",
+        log=tmp_path / "md.csv",
+        progress=False,
+    )
     assert report.steps_run == 8 and report.unphysical_step is None
     assert report.energy_drift_meV_per_atom_per_ps is not None
     with open(tmp_path / "md.csv") as f:
@@ -137,8 +145,7 @@ def test_md_stops_at_the_first_stretched_bond_and_names_it(calc):
     bonds, lengths = covalent_bonds(ethanol)
     assert len(bonds) == 8 and lengths.max() < 1.6  # C-C, C-O, O-H and five C-H bonds
     # 500 K velocities move atoms ~0.01 Å per 0.5 fs step: a 1e-4 Å bound is broken at step 1
-    report = run_md(ethanol, calc, ensemble="nvt", steps=20, temperature_K=500, progress=False,
-                    max_bond_stretch=1e-4)
+    report = run_md(ethanol, calc, ensemble="nvt", steps=20, temperature_K=500, progress=False, max_bond_stretch=1e-4)
     assert report.unphysical_step == 1 and report.unphysical_reason.startswith("bond ")
     assert "from its starting length" in report.unphysical_reason
     stable = run_md(ethanol, calc, steps=3, progress=False, max_bond_stretch=0.5)
@@ -159,8 +166,14 @@ def test_interrupted_md_leaves_no_trajectory(calc, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(calc), "calculate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_md(ethanol_atoms([0])[0], calc, steps=10, trajectory=tmp_path / "md.traj",
-               log=tmp_path / "md.csv", progress=False)
+        run_md(
+            ethanol_atoms([0])[0],
+            calc,
+            steps=10,
+            trajectory=tmp_path / "md.traj",
+            log=tmp_path / "md.csv",
+            progress=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -168,8 +181,7 @@ def test_relaxation_carries_the_fixed_point_across_steps(calc, tmp_path):
     from fairchem_deq import run_relaxation
 
     atoms = ethanol_atoms([0])[0]
-    _, report = run_relaxation(atoms, calc, optimizer="fire", fmax=1e-4, steps=5,
-                               trajectory=tmp_path / "relax.traj")
+    _, report = run_relaxation(atoms, calc, optimizer="fire", fmax=1e-4, steps=5, trajectory=tmp_path / "relax.traj")
     assert report.steps == 5 and not report.converged
     assert len(report.solver_iterations_per_step) >= 5
     assert min(report.solver_iterations_per_step[1:]) <= report.solver_iterations_per_step[0]
@@ -179,24 +191,70 @@ def test_relaxation_carries_the_fixed_point_across_steps(calc, tmp_path):
 
 
 def test_md_and_relax_commands(trained_checkpoint, tmp_path):
-    proc = run_cli(["md", "--checkpoint", str(trained_checkpoint), "--structure",
-                    str(DATA / "md17_ethanol_300.npz"), "--frame", "3", "--steps", "4",
-                    "--out", str(tmp_path / "md"), "--print-every", "1", "--no-progress"],
-                   cwd=tmp_path, program="fairchem-deq")
+    proc = run_cli(
+        [
+            "md",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--structure",
+            str(DATA / "md17_ethanol_300.npz"),
+            "--frame",
+            "3",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "md"),
+            "--print-every",
+            "1",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        program="fairchem-deq",
+    )
     assert proc.stdout.count("solver iterations") == 5
     report = json.loads((tmp_path / "md" / "report.json").read_text())
     assert report["steps_run"] == 4 and (tmp_path / "md" / "md_log.csv").is_file()
-    run_cli(["relax", "--checkpoint", str(trained_checkpoint), "--structure",
-             str(DATA / "md17_ethanol_300.npz"), "--steps", "3", "--out", str(tmp_path / "relax"),
-             "--no-progress"], cwd=tmp_path, program="fairchem-deq")
+    run_cli(
+        [
+            "relax",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--structure",
+            str(DATA / "md17_ethanol_300.npz"),
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "relax"),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        program="fairchem-deq",
+    )
     assert (tmp_path / "relax" / "relaxed.extxyz").is_file()
     assert json.loads((tmp_path / "relax" / "report.json").read_text())["steps"] == 3
 
 
 def test_relax_reports_solver_evaluations_per_step_and_a_cold_comparison(trained_checkpoint, tmp_path):
-    proc = run_cli(["relax", "--checkpoint", str(trained_checkpoint), "--structure",
-                    str(DATA / "md17_ethanol_300.npz"), "--optimizer", "fire", "--fmax", "1e-4", "--steps", "4",
-                    "--out", str(tmp_path / "relax"), "--compare-cold"], cwd=tmp_path, program="fairchem-deq")
+    proc = run_cli(
+        [
+            "relax",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--structure",
+            str(DATA / "md17_ethanol_300.npz"),
+            "--optimizer",
+            "fire",
+            "--fmax",
+            "1e-4",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "relax"),
+            "--compare-cold",
+        ],
+        cwd=tmp_path,
+        program="fairchem-deq",
+    )
     assert proc.stdout.count("solver iterations") == 5 and proc.stdout.count("from zero") == 5
     with open(tmp_path / "relax" / "relax_log.csv") as f:
         rows = list(csv.DictReader(f))

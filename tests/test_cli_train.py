@@ -12,10 +12,24 @@ pytestmark = pytest.mark.slow
 
 def _train_args(run_dir, data_dir, identifier, epochs):
     return [
-        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
-        "--run-dir", str(run_dir), "--identifier", identifier, "--timestamp-id", identifier,
-        "--print-every", "4", *TINY_OVERRIDES, *dataset_overrides(data_dir),
-        f"--optim.max_epochs={epochs}", "--optim.eval_every=1000000", "--optim.lr_initial=0.002",
+        "--mode",
+        "train",
+        "--config-yml",
+        str(REPO / "configs/md17/ethanol/deq1.yml"),
+        "--cpu",
+        "--run-dir",
+        str(run_dir),
+        "--identifier",
+        identifier,
+        "--timestamp-id",
+        identifier,
+        "--print-every",
+        "4",
+        *TINY_OVERRIDES,
+        *dataset_overrides(data_dir),
+        f"--optim.max_epochs={epochs}",
+        "--optim.eval_every=1000000",
+        "--optim.lr_initial=0.002",
         "--optim.checkpoint_every=-1",  # fairchem: save checkpoint.pt at the end of every epoch
     ]
 
@@ -60,8 +74,15 @@ def test_fixed_point_correction_loss_adds_decoded_intermediate_states(ethanol_lm
     0.8 x the loss of the decoded intermediate state, and training runs."""
     common = ["--print-every", "1", "--optim.max_epochs=1", "--model.backbone.deq.train.max_iter=8"]
     base = run_cli([*_train_args(tmp_path, ethanol_lmdb, "plain", epochs=1), *common], cwd=tmp_path)
-    fpc = run_cli([*_train_args(tmp_path, ethanol_lmdb, "fpc", epochs=1), *common,
-                   "--model.backbone.deq.n_states=2", "--optim.deq.fpc_weight=0.8"], cwd=tmp_path)
+    fpc = run_cli(
+        [
+            *_train_args(tmp_path, ethanol_lmdb, "fpc", epochs=1),
+            *common,
+            "--model.backbone.deq.n_states=2",
+            "--optim.deq.fpc_weight=0.8",
+        ],
+        cwd=tmp_path,
+    )
     loss_plain = logged_losses(base.stdout + base.stderr)[0]
     loss_fpc = logged_losses(fpc.stdout + fpc.stderr)[0]
     assert loss_fpc > 1.2 * loss_plain, (loss_plain, loss_fpc)
@@ -71,9 +92,16 @@ def test_reuse_in_training_warm_starts_from_the_cache(ethanol_lmdb, tmp_path):
     """optim.deq.reuse_in_training: training batches start from cached fixed points (sid-keyed:
     for one MD17 molecule, the molecule's latest frame) and training still runs. Random
     frames are far apart: the default displacement bound refuses them, a loose one reuses."""
-    proc = run_cli([*_train_args(tmp_path, ethanol_lmdb, "reuse-train", epochs=1), "--print-every", "1",
-                    "--optim.deq.reuse_in_training=True", "--task.deq.reuse_max_displacement=100"],
-                   cwd=tmp_path)
+    proc = run_cli(
+        [
+            *_train_args(tmp_path, ethanol_lmdb, "reuse-train", epochs=1),
+            "--print-every",
+            "1",
+            "--optim.deq.reuse_in_training=True",
+            "--task.deq.reuse_max_displacement=100",
+        ],
+        cwd=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     assert "deq_nstep_warm:" in log  # logged only for warm-started batches
     assert (tmp_path / "checkpoints" / "reuse-train" / "checkpoint.pt").is_file()

@@ -22,13 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "fairchem-deq"), *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "fairchem-deq"), *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def run(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "fairchem-deq"), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "fairchem-deq"), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -95,8 +97,19 @@ def test_ctrl_c_while_the_command_starts_is_rc_130_without_traceback(tmp_path, d
 @pytest.mark.slow
 def test_sigint_during_md_start_up_is_rc_130_without_traceback(tmp_path, trained_checkpoint):
     out = tmp_path / "md"
-    proc = start("md", "--checkpoint", str(trained_checkpoint), "--structure", str(DATA / "md17_ethanol_300.npz"),
-                 "--steps", "5", "--out", str(out), "--no-progress", cwd=tmp_path)
+    proc = start(
+        "md",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--structure",
+        str(DATA / "md17_ethanol_300.npz"),
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     wait_for(out.exists, proc)  # the command has started: checkpoint loading follows
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -108,8 +121,19 @@ def test_sigint_during_md_start_up_is_rc_130_without_traceback(tmp_path, trained
 @pytest.mark.slow
 def test_sigterm_during_md_leaves_no_output(tmp_path, trained_checkpoint):
     out = tmp_path / "md"
-    proc = start("md", "--checkpoint", str(trained_checkpoint), "--structure", str(DATA / "md17_ethanol_300.npz"),
-                 "--steps", "100000", "--out", str(out), "--no-progress", cwd=tmp_path)
+    proc = start(
+        "md",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--structure",
+        str(DATA / "md17_ethanol_300.npz"),
+        "--steps",
+        "100000",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     stage = out / f".partial-{proc.pid}"
     wait_for((stage / ".md.traj.partial").exists, proc, timeout=300)
     time.sleep(1.0)  # a few MD steps written
@@ -125,8 +149,16 @@ def test_md_does_not_overwrite_a_previous_run(tmp_path):
     out = tmp_path / "md"
     out.mkdir()
     (out / "report.json").write_text('{"previous": true}')
-    proc = run("md", "--checkpoint", str(tmp_path / "any.pt"), "--structure", str(DATA / "md17_ethanol_300.npz"),
-               "--out", str(out), cwd=tmp_path)
+    proc = run(
+        "md",
+        "--checkpoint",
+        str(tmp_path / "any.pt"),
+        "--structure",
+        str(DATA / "md17_ethanol_300.npz"),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     line = one_line_error(proc, "md")
     assert "report.json already exists" in line and "--overwrite" in line
@@ -145,12 +177,30 @@ def test_bad_structure_and_non_deq_checkpoint_are_one_line_errors(tmp_path, comm
     proc = run(command, "--checkpoint", str(eqv2), "--structure", str(garbage), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 2
     assert str(garbage) in one_line_error(proc, command)
-    proc = run(command, "--checkpoint", str(eqv2), "--structure", str(DATA / "md17_ethanol_300.npz"),
-               "--out", str(out), cwd=tmp_path)
+    proc = run(
+        command,
+        "--checkpoint",
+        str(eqv2),
+        "--structure",
+        str(DATA / "md17_ethanol_300.npz"),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "not a DEQuiformer checkpoint" in one_line_error(proc, command)
-    proc = run(command, "--checkpoint", str(eqv2), "--structure", str(DATA / "md17_ethanol_300.npz"),
-               "--frame", "300", "--out", str(out), cwd=tmp_path)
+    proc = run(
+        command,
+        "--checkpoint",
+        str(eqv2),
+        "--structure",
+        str(DATA / "md17_ethanol_300.npz"),
+        "--frame",
+        "300",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "out of range" in one_line_error(proc, command)
     assert not out.exists()
@@ -158,9 +208,19 @@ def test_bad_structure_and_non_deq_checkpoint_are_one_line_errors(tmp_path, comm
 
 @pytest.mark.slow
 def test_unknown_deq_solver_is_one_line_and_creates_no_run_folders(tmp_path):
-    proc = run("--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
-               "--run-dir", str(tmp_path / "run"), "--identifier", "x", "--model.backbone.deq.solver=newton",
-               cwd=tmp_path)
+    proc = run(
+        "--mode",
+        "train",
+        "--config-yml",
+        str(REPO / "configs/md17/ethanol/deq1.yml"),
+        "--cpu",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--identifier",
+        "x",
+        "--model.backbone.deq.solver=newton",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     line = one_line_error(proc, "train")
     assert "newton" in line and "anderson" in line
@@ -170,11 +230,25 @@ def test_unknown_deq_solver_is_one_line_and_creates_no_run_folders(tmp_path):
 def test_unknown_deq_solver_through_plain_fairchem_creates_no_run_folders(tmp_path):
     """fairchem's own CLI: the trainer checks the DEQ blocks before fairchem makes its folders."""
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "fairchem"), "--mode", "train", "--config-yml",
-         str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu", "--run-dir", str(tmp_path / "run"),
-         "--identifier", "x", "--model.backbone.deq.solver=newton"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"))
+        [
+            str(Path(sys.executable).parent / "fairchem"),
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1.yml"),
+            "--cpu",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--identifier",
+            "x",
+            "--model.backbone.deq.solver=newton",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode != 0
     assert "Unknown DEQ solver 'newton'" in proc.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*")) and not list((tmp_path / "run").glob("results/*"))

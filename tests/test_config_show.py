@@ -20,8 +20,13 @@ def show(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_console_script_prints_the_merged_config():
-    proc = subprocess.run([str(BIN / "fairchem-deq"), "config", "show", str(ETHANOL)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [str(BIN / "fairchem-deq"), "config", "show", str(ETHANOL)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)  # stdout is nothing but the YAML
     assert "includes" not in config
@@ -36,8 +41,15 @@ def test_overrides_and_fairchem_flags_change_the_config(capsys):
     rc, out, _ = show(capsys, str(ETHANOL))
     assert rc == 0
     default = yaml.safe_load(out)["optim"]["batch_size"]
-    rc, out, err = show(capsys, str(ETHANOL), f"--optim.batch_size={default + 3}",
-                        "--model.backbone.deq.solver=broyden", "--mode", "train", "--cpu")
+    rc, out, err = show(
+        capsys,
+        str(ETHANOL),
+        f"--optim.batch_size={default + 3}",
+        "--model.backbone.deq.solver=broyden",
+        "--mode",
+        "train",
+        "--cpu",
+    )
     assert rc == 0, err
     config = yaml.safe_load(out)
     assert config["optim"]["batch_size"] == default + 3

@@ -57,8 +57,14 @@ def test_config_inventory():
         for variant in ("deq1", "deq2", "eqv2_8l"):
             assert f"s2ef/{size}/{variant}" in names
             assert f"relax/{size}/{variant}" in names
-    assert {"s2ef/200k/eqv2_4l", "s2ef/2M/eqv2_n12_l6_m2", "s2ef/all_md/eqv2_n8_l4_m2",
-            "s2ef/all_md/eqv2_n20_l6_m3", "converted/deq1", "relax/converted/deq1"} <= names
+    assert {
+        "s2ef/200k/eqv2_4l",
+        "s2ef/2M/eqv2_n12_l6_m2",
+        "s2ef/all_md/eqv2_n8_l4_m2",
+        "s2ef/all_md/eqv2_n20_l6_m3",
+        "converted/deq1",
+        "relax/converted/deq1",
+    } <= names
     # every S2EF/converted config has a relaxation twin (a *_paper variant differs only in its
     # training gradient: it relaxes with its model's twin)
     for name in names:
@@ -111,7 +117,9 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
             if dens:
                 check_dens_options(copy.deepcopy(config["optim"]))
         else:
-            assert config["trainer"] in ("equiformerv2_forces", "fairchem_deq.trainers.ExplicitEquiformerV2Trainer"), where
+            assert config["trainer"] in ("equiformerv2_forces", "fairchem_deq.trainers.ExplicitEquiformerV2Trainer"), (
+                where
+            )
             assert model["backbone"]["model"] == "equiformer_v2_backbone", where
 
 
@@ -189,8 +197,12 @@ def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread)
     built = {}
     for path, config in loaded.items():
         bb = config["model"]["backbone"]
-        key = (bb["model"], bb["num_layers"], bb.get("norm_type"),
-               tuple(sorted((k, v["module"]) for k, v in config["model"]["heads"].items())))
+        key = (
+            bb["model"],
+            bb["num_layers"],
+            bb.get("norm_type"),
+            tuple(sorted((k, v["module"]) for k, v in config["model"]["heads"].items())),
+        )
         built.setdefault(key, path)
     assert len(built) >= 8, built  # DEQ1/2 x norms, 4/8/12/20-layer baselines
     for key, path in built.items():

@@ -9,18 +9,22 @@ from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, logged_losses, 
 from conftest import TINY_BACKBONE, ethanol_atoms, to_batch
 
 TIGHT = {"max_iter": 300, "tol": 1e-6, "stop_mode": "rel"}
-EXACT = {"train": TIGHT, "eval_cold": TIGHT, "eval_warm": TIGHT, "b_tol": 1e-8,
-         "b_stop_mode": "rel", "b_max_iter": 300}
+EXACT = {"train": TIGHT, "eval_cold": TIGHT, "eval_warm": TIGHT, "b_tol": 1e-8, "b_stop_mode": "rel", "b_max_iter": 300}
 
 
 def gradient_model(deq, seed=0, num_layers=1):
     from fairchem.core.models.base import HydraModel
 
     torch.manual_seed(seed)
-    backbone = dict(TINY_BACKBONE, model="deq_equiformer_v2_backbone", num_layers=num_layers,
-                    deq=deq, direct_forces=False)
-    return HydraModel(backbone=backbone, otf_graph=True, pass_through_head_outputs=True,
-                      heads={"energy_and_forces": {"module": "fairchem_deq.models.EnergyGradientForcesHead"}})
+    backbone = dict(
+        TINY_BACKBONE, model="deq_equiformer_v2_backbone", num_layers=num_layers, deq=deq, direct_forces=False
+    )
+    return HydraModel(
+        backbone=backbone,
+        otf_graph=True,
+        pass_through_head_outputs=True,
+        heads={"energy_and_forces": {"module": "fairchem_deq.models.EnergyGradientForcesHead"}},
+    )
 
 
 def _energy_forces(model, atoms, positions=None, seed=1):
@@ -112,19 +116,40 @@ def test_gradient_head_needs_a_position_graph():
 
     backbone = dict(TINY_BACKBONE, model="deq_equiformer_v2_backbone", num_layers=1, deq={"grad": 2})
     with pytest.raises(ValueError, match="direct_forces: False"):
-        HydraModel(backbone=backbone, otf_graph=True, pass_through_head_outputs=True,
-                   heads={"ef": {"module": "fairchem_deq.models.EnergyGradientForcesHead"}})
+        HydraModel(
+            backbone=backbone,
+            otf_graph=True,
+            pass_through_head_outputs=True,
+            heads={"ef": {"module": "fairchem_deq.models.EnergyGradientForcesHead"}},
+        )
 
 
 @pytest.mark.slow
 def test_conservative_config_trains_through_fairchem_cli(ethanol_lmdb, tmp_path):
-    run_cli([
-        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1_conservative.yml"),
-        "--cpu", "--run-dir", str(tmp_path), "--identifier", "cons", "--timestamp-id", "cons",
-        "--print-every", "4", *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb),
-        "--optim.max_epochs=2", "--optim.eval_every=1000000", "--optim.lr_initial=0.002",
-        "--optim.checkpoint_every=-1",
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1_conservative.yml"),
+            "--cpu",
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "cons",
+            "--timestamp-id",
+            "cons",
+            "--print-every",
+            "4",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            "--optim.max_epochs=2",
+            "--optim.eval_every=1000000",
+            "--optim.lr_initial=0.002",
+            "--optim.checkpoint_every=-1",
+        ],
+        cwd=tmp_path,
+    )
     checkpoint = tmp_path / "checkpoints" / "cons" / "checkpoint.pt"
     assert checkpoint.is_file()
     # forces are scaled like the energy (fitted separately their rmsds differ several-fold)
@@ -162,14 +187,32 @@ def test_fixed_point_correction_loss_with_energy_gradient_heads_and_a_final_chec
     """The pass-through head `energy_and_forces` returns {energy, forces}: decoding the
     intermediate states keyed them by head name and fairchem's loss raised KeyError 'energy'.
     Also: a run shorter than checkpoint_every (= eval_every) still ends with a checkpoint."""
-    proc = run_cli([
-        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/deq1_conservative.yml"),
-        "--cpu", "--run-dir", str(tmp_path), "--identifier", "fpc", "--timestamp-id", "fpc",
-        "--print-every", "1", *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb),
-        "--optim.max_epochs=1", "--optim.eval_every=1000000", "--optim.lr_initial=0.002",
-        "--model.backbone.deq.n_states=2", "--model.backbone.deq.train.max_iter=8",
-        "--optim.deq.fpc_weight=0.8",
-    ], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1_conservative.yml"),
+            "--cpu",
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "fpc",
+            "--timestamp-id",
+            "fpc",
+            "--print-every",
+            "1",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            "--optim.max_epochs=1",
+            "--optim.eval_every=1000000",
+            "--optim.lr_initial=0.002",
+            "--model.backbone.deq.n_states=2",
+            "--model.backbone.deq.train.max_iter=8",
+            "--optim.deq.fpc_weight=0.8",
+        ],
+        cwd=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     assert len(logged_losses(log)) == 16 and all(np.isfinite(logged_losses(log)))
     checkpoint = tmp_path / "checkpoints" / "fpc" / "checkpoint.pt"

@@ -87,9 +87,7 @@ def test_npz_paper_split_read_back(md17_lmdb, md17):
             assert d.atomic_numbers.tolist() == md17["z"].tolist()
             np.testing.assert_allclose(d.pos.numpy(), md17["R"][fid], atol=1e-6)
             np.testing.assert_allclose(d.energy, md17["E"][fid, 0] * KCAL_MOL_IN_EV, rtol=1e-6)
-            np.testing.assert_allclose(
-                d.forces.numpy(), md17["F"][fid] * KCAL_MOL_IN_EV, rtol=1e-5, atol=1e-6
-            )
+            np.testing.assert_allclose(d.forces.numpy(), md17["F"][fid] * KCAL_MOL_IN_EV, rtol=1e-5, atol=1e-6)
             assert d.cell.shape == (1, 3, 3)
             np.testing.assert_allclose(d.cell[0].numpy(), 50.0 * np.eye(3))
             assert d.pbc.tolist() == [[False, False, False]]
@@ -204,9 +202,7 @@ def test_traj_oc20_tags(tmp_path):
         assert np.all(tags[~fixed & ~chon] == 1)
         classes.update(tags.tolist())
         assert d.energy == ref.get_potential_energy()  # total DFT energy in eV, unchanged
-        np.testing.assert_allclose(
-            d.forces.numpy(), ref.get_forces(apply_constraint=False), rtol=1e-6, atol=1e-6
-        )
+        np.testing.assert_allclose(d.forces.numpy(), ref.get_forces(apply_constraint=False), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(d.cell[0].numpy(), np.asarray(ref.cell), atol=1e-5)
         # fairchem wraps into the cell; an atom on a cell face may land on either side
         assert mic_displacements(d.pos.numpy(), ref.positions, ref.cell, ref.pbc).max() < 1e-4
@@ -230,9 +226,7 @@ def test_oc20_tags_function():
 
 
 def test_split_by_system(tmp_path):
-    counts = convert(
-        TRAJS, tmp_path / "s", split_by="system", n_train=1, n_val=0, seed=0, progress=False
-    )
+    counts = convert(TRAJS, tmp_path / "s", split_by="system", n_train=1, n_val=0, seed=0, progress=False)
     _, train = load(tmp_path / "s" / "train")
     _, test = load(tmp_path / "s" / "test")
     train_sids, test_sids = {int(d.sid) for d in train}, {int(d.sid) for d in test}
@@ -320,7 +314,8 @@ def _make_bad(kind: str, tmp_path: Path, md17) -> Path:
         frames = _traj_frames()
         short = frames[2][:-1]
         short.calc = SinglePointCalculator(
-            short, energy=frames[2].get_potential_energy(),
+            short,
+            energy=frames[2].get_potential_energy(),
             forces=frames[2].get_forces(apply_constraint=False)[:-1],
         )
         with AseTrajectory(path, "w") as traj:
@@ -334,7 +329,8 @@ def _make_bad(kind: str, tmp_path: Path, md17) -> Path:
         numbers[-1] = 7 if numbers[-1] != 7 else 6
         changed.numbers = numbers
         changed.calc = SinglePointCalculator(
-            changed, energy=frames[1].get_potential_energy(),
+            changed,
+            energy=frames[1].get_potential_energy(),
             forces=frames[1].get_forces(apply_constraint=False),
         )
         with AseTrajectory(path, "w") as traj:
@@ -457,7 +453,10 @@ def test_refuses_overwrite_and_failed_overwrite_keeps_old(tmp_path, md17):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fairchem_deq.cli", "convert", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -469,16 +468,13 @@ def test_cli(tmp_path, md17):
     assert "train: 200" in proc.stdout and "test: 80" in proc.stdout
     dataset, items = load(out / "test")
     assert len(dataset) == 80
-    np.testing.assert_allclose(
-        items[0].energy, md17["E"][int(items[0].fid), 0] * KCAL_MOL_IN_EV, rtol=1e-6
-    )
+    np.testing.assert_allclose(items[0].energy, md17["E"][int(items[0].fid), 0] * KCAL_MOL_IN_EV, rtol=1e-6)
 
     bad = _make_bad("missing_key", tmp_path, md17)
     proc = _cli(str(bad), "--out", str(tmp_path / "bad_out"), "--split", "none", "--no-progress")
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "missing key" in proc.stderr
     assert not (tmp_path / "bad_out").exists()
-
 
 
 def test_cli_in_process_refuses_overwrite(tmp_path, capsys):

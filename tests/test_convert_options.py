@@ -102,8 +102,26 @@ def test_elements_only_in_val_or_test_are_reported(tmp_path, capsys):
 
     from fairchem_deq.cli import main
 
-    assert main(["convert", *map(str, TRAJS), "--out", str(tmp_path / "c"), "--split-by", "system",
-                 "--n-train", "1", "--n-val", "0", "--seed", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                *map(str, TRAJS),
+                "--out",
+                str(tmp_path / "c"),
+                "--split-by",
+                "system",
+                "--n-train",
+                "1",
+                "--n-val",
+                "0",
+                "--seed",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "fairchem-deq convert: warning: test has element(s)" in err
 

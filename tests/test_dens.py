@@ -59,14 +59,23 @@ def _trainer(config):
     from fairchem.core.common.registry import registry
 
     return registry.get_trainer_class(config["trainer"])(
-        task=config.get("task", {}), model=config["model"], outputs=config["outputs"],
-        dataset=[{"format": "lmdb"}], loss_functions=config["loss_functions"],
-        evaluation_metrics=config["evaluation_metrics"], optimizer=config["optim"],
-        identifier="", local_rank=0, is_debug=True, cpu=True, inference_only=True,
+        task=config.get("task", {}),
+        model=config["model"],
+        outputs=config["outputs"],
+        dataset=[{"format": "lmdb"}],
+        loss_functions=config["loss_functions"],
+        evaluation_metrics=config["evaluation_metrics"],
+        optimizer=config["optim"],
+        identifier="",
+        local_rank=0,
+        is_debug=True,
+        cpu=True,
+        inference_only=True,
     )
 
 
 # ---- backbone ---------------------------------------------------------------------------
+
 
 def _injection(model, batch):
     """x handed to the fixed-point layer (the DEQ injection), and the fixed point."""
@@ -109,14 +118,18 @@ def test_dens_backbone_refuses_energy_gradient_forces():
 
 # ---- bad configs ------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("change", "match"), [
-    (lambda o: o["denoising_pos_params"].update(stdd=0.1), r"stdd.*optim.denoising_pos_params"),
-    (lambda o: o.pop("use_denoising_pos"), "use_denoising_pos"),
-    (lambda o: o["denoising_pos_params"].pop("std"), r"denoising_pos_params.std must be a number"),
-    (lambda o: o["denoising_pos_params"].update(prob=2), r"prob must be in \[0, 1\]"),
-    (lambda o: o["denoising_pos_params"].update(fixed_noise_std=False), "num_steps"),
-    (lambda o: o.update(denoising_pos_coefficient=0), "denoising_pos_coefficient must be > 0"),
-])
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda o: o["denoising_pos_params"].update(stdd=0.1), r"stdd.*optim.denoising_pos_params"),
+        (lambda o: o.pop("use_denoising_pos"), "use_denoising_pos"),
+        (lambda o: o["denoising_pos_params"].pop("std"), r"denoising_pos_params.std must be a number"),
+        (lambda o: o["denoising_pos_params"].update(prob=2), r"prob must be in \[0, 1\]"),
+        (lambda o: o["denoising_pos_params"].update(fixed_noise_std=False), "num_steps"),
+        (lambda o: o.update(denoising_pos_coefficient=0), "denoising_pos_coefficient must be > 0"),
+    ],
+)
 def test_bad_dens_options_fail_with_the_key_named(change, match):
     from fairchem_deq.trainers.dens_options import check_dens_options
 
@@ -138,8 +151,10 @@ def test_integer_noise_std_is_accepted_as_float():
 
 def test_trainer_refuses_a_model_without_dens_heads():
     config = _config()
-    config["model"]["heads"] = {"energy": {"module": "equiformerV2_scalar_head"},
-                                "forces": {"module": "equiformerV2_vector_head"}}
+    config["model"]["heads"] = {
+        "energy": {"module": "equiformerV2_scalar_head"},
+        "forces": {"module": "equiformerV2_vector_head"},
+    }
     with pytest.raises(TypeError, match="eqV2_DeNS_vector_head"):
         _trainer(config)
     config["optim"]["denoising_pos_params"]["stdd"] = 0.1  # checked before the model is built
@@ -148,6 +163,7 @@ def test_trainer_refuses_a_model_without_dens_heads():
 
 
 # ---- loss on noisy batches --------------------------------------------------------------
+
 
 def _noised(batch, seed, corrupt_ratio=None):
     from fairchem.core.models.equiformer_v2.trainers.dens_trainer import add_gaussian_noise_to_position
@@ -232,6 +248,7 @@ def test_oc20_fixed_atoms_stay_out_of_the_dens_loss():
 
 # ---- end to end: fairchem's CLI ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dens_run(tmp_path_factory, ethanol_lmdb, ethanol_trajectory_lmdb):
     """2 epochs of the shipped DeNS config through fairchem's CLI, every batch noised
@@ -239,13 +256,33 @@ def dens_run(tmp_path_factory, ethanol_lmdb, ethanol_trajectory_lmdb):
     run_dir = tmp_path_factory.mktemp("dens")
     test_split = run_dir / "test"  # DeNS's trainer predicts it after each improved validation
     shutil.copytree(ethanol_trajectory_lmdb, test_split)  # consecutive frames: warm starts
-    proc = run_cli([
-        "--mode", "train", "--config-yml", str(CONFIG), "--cpu", "--run-dir", str(run_dir),
-        "--identifier", "dens", "--timestamp-id", "dens", "--print-every", "4",
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), f"--dataset.test.src={test_split}",
-        "--optim.max_epochs=2", "--optim.eval_every=1000000", "--optim.lr_initial=0.002",
-        "--optim.denoising_pos_params.prob=1.0", "--model.backbone.deq.grad=1",
-    ], cwd=run_dir, threads=1)
+    proc = run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(CONFIG),
+            "--cpu",
+            "--run-dir",
+            str(run_dir),
+            "--identifier",
+            "dens",
+            "--timestamp-id",
+            "dens",
+            "--print-every",
+            "4",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.test.src={test_split}",
+            "--optim.max_epochs=2",
+            "--optim.eval_every=1000000",
+            "--optim.lr_initial=0.002",
+            "--optim.denoising_pos_params.prob=1.0",
+            "--model.backbone.deq.grad=1",
+        ],
+        cwd=run_dir,
+        threads=1,
+    )
     return run_dir, proc.stdout + proc.stderr
 
 
@@ -274,8 +311,9 @@ def test_clean_predictions_take_the_normal_path(dens_run):
 
     run_dir, _ = dens_run
     checkpoint = run_dir / "checkpoints" / "dens" / "checkpoint.pt"
-    trainer = OCPCalculator(checkpoint_path=checkpoint, trainer="fairchem_deq.trainers.DEQDeNSTrainer",
-                            cpu=True, seed=0).trainer
+    trainer = OCPCalculator(
+        checkpoint_path=checkpoint, trainer="fairchem_deq.trainers.DEQDeNSTrainer", cpu=True, seed=0
+    ).trainer
     assert type(trainer).__name__ == "DEQDeNSTrainer"
     clean = _labelled_batch([5])
     predicted = trainer.predict(clean.clone(), per_image=False, disable_tqdm=True)

@@ -71,8 +71,11 @@ def test_unknown_predictor_names_list_the_choices():
     from fairchem_deq.reuse import FixedPointCache
     from fairchem_deq.reuse.predictors import FixedPointHistory
 
-    for make in (lambda: FixedPointHistory("cubic"), lambda: FixedPointCache(warm_start="cubic"),
-                 lambda: FixedPointCache().use_predictor("cubic")):
+    for make in (
+        lambda: FixedPointHistory("cubic"),
+        lambda: FixedPointCache(warm_start="cubic"),
+        lambda: FixedPointCache().use_predictor("cubic"),
+    ):
         with pytest.raises(ValueError, match="'cubic'.*last, linear, quadratic, aspc"):
             make()
 
@@ -144,7 +147,8 @@ def test_calculator_extrapolates_along_real_frames_matches_cold_and_resets(train
 
 
 def test_trainer_takes_the_predictor_from_task_deq_and_extrapolates_in_trajectory_order(
-        trained_checkpoint, ethanol_trajectory_lmdb, tmp_path, one_thread):
+    trained_checkpoint, ethanol_trajectory_lmdb, tmp_path, one_thread
+):
     from fairchem.core.common.relaxation.ase_utils import OCPCalculator
     from fairchem.core.datasets import data_list_collater
     from fairchem.core.datasets.base_dataset import create_dataset
@@ -193,7 +197,14 @@ def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpo
     for cli in (md_cli, relax_cli):
         parser = argparse.ArgumentParser()
         cli.add_arguments(parser)
-        base = ["--checkpoint", str(trained_checkpoint), "--structure", str(DATA / "md17_ethanol_300.npz"), "--out", "x"]
+        base = [
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--structure",
+            str(DATA / "md17_ethanol_300.npz"),
+            "--out",
+            "x",
+        ]
         assert parser.parse_args(base).warm_start == "last"
         with pytest.raises(SystemExit):
             parser.parse_args([*base, "--warm-start", "cubic"])

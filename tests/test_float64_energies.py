@@ -37,10 +37,18 @@ def test_denorm_adds_mean_and_element_references_in_float64():
         elementrefs={"energy": LinearReferences(refs)},
         model=SimpleNamespace(training=False),
     )
-    batch = Batch.from_data_list([
-        Data(pos=torch.zeros(9, 3), atomic_numbers=torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1]), natoms=torch.tensor([9]),
-             sid=torch.tensor([7]), fid=torch.tensor([i])) for i in range(3)
-    ])
+    batch = Batch.from_data_list(
+        [
+            Data(
+                pos=torch.zeros(9, 3),
+                atomic_numbers=torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1]),
+                natoms=torch.tensor([9]),
+                sid=torch.tensor([7]),
+                fid=torch.tensor([i]),
+            )
+            for i in range(3)
+        ]
+    )
     model_out = torch.tensor([[0.1234567], [0.1234568], [-0.0000123]], dtype=torch.float32)
 
     def denorm(key, pred, b):
@@ -88,12 +96,27 @@ def test_calculator_and_md_log_energies_are_float64(trained_checkpoint, tmp_path
 def test_prediction_file_energies_are_float64(tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb):
     from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
 
-    run_cli([
-        "--mode", "predict", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
-        "--checkpoint", str(trained_checkpoint), "--run-dir", str(tmp_path), "--identifier", "p",
-        "--timestamp-id", "p", *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb),
-        f"--dataset.test.src={ethanol_trajectory_lmdb}",
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "predict",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1.yml"),
+            "--cpu",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "p",
+            "--timestamp-id",
+            "p",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.test.src={ethanol_trajectory_lmdb}",
+        ],
+        cwd=tmp_path,
+    )
     preds = np.load(tmp_path / "results" / "p" / "s2ef_predictions.npz")
     energy = preds["energy"].reshape(-1)
     assert preds["energy"].dtype == np.float64 and len(energy) == 40

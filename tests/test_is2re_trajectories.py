@@ -45,9 +45,18 @@ def test_submission_cli_reports_the_empty_trajectory_in_one_line(tmp_path):
     bad = is2re_dir(tmp_path / "bad", empty=True)
     args = [a for s in SPLITS for a in (f"--{s.replace('_', '-')}", str(bad))]
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "fairchem-deq"), "submission", "--task", "is2re", *args,
-         "--out-path", str(tmp_path / "sub.npz")],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "fairchem-deq"),
+            "submission",
+            "--task",
+            "is2re",
+            *args,
+            "--out-path",
+            str(tmp_path / "sub.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "StopIteration" not in proc.stderr
@@ -107,17 +116,35 @@ def test_run_relaxations_records_systems_that_need_no_step(tmp_path, trained_che
     systems.mkdir()
     with np.load(DATA / "md17_ethanol_300.npz") as d:
         for i in (0, 100, 200):
-            np.savez(systems / f"s{i:03d}.npz", R=d["R"][i:i + 1], z=d["z"], E=d["E"][i:i + 1], F=d["F"][i:i + 1])
+            np.savez(systems / f"s{i:03d}.npz", R=d["R"][i : i + 1], z=d["z"], E=d["E"][i : i + 1], F=d["F"][i : i + 1])
     convert(systems, tmp_path / "initial", split="none", progress=False)
     traj_dir = tmp_path / "trajs"
-    run_cli([
-        "--mode", "run-relaxations", "--config-yml", str(REPO / "configs/md17/ethanol/deq1.yml"), "--cpu",
-        "--checkpoint", str(trained_checkpoint), "--run-dir", str(tmp_path), "--identifier", "r",
-        "--timestamp-id", "r", *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb),
-        f"--dataset.relax.src={tmp_path / 'initial' / 'all'}", "--dataset.relax.format=lmdb",
-        "--task.relaxation_steps=5", "--task.relaxation_fmax=1000000.0",
-        f"--task.relax_opt={{'traj_dir': '{traj_dir}'}}", "--task.num_relaxation_batches=1",
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "run-relaxations",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/deq1.yml"),
+            "--cpu",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "r",
+            "--timestamp-id",
+            "r",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.relax.src={tmp_path / 'initial' / 'all'}",
+            "--dataset.relax.format=lmdb",
+            "--task.relaxation_steps=5",
+            "--task.relaxation_fmax=1000000.0",
+            f"--task.relax_opt={{'traj_dir': '{traj_dir}'}}",
+            "--task.num_relaxation_batches=1",
+        ],
+        cwd=tmp_path,
+    )
     trajs = sorted(traj_dir.glob("*.traj"))
     assert [p.name for p in trajs] == ["0.traj", "1.traj", "2.traj"]
     for path in trajs:

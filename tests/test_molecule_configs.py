@@ -13,12 +13,15 @@ SUITES = ("md17", "md22")
 
 
 def _files(root):
-    return {str(p.relative_to(root)): p.read_bytes() for suite in SUITES for p in (root / suite).rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for suite in SUITES for p in (root / suite).rglob("*") if p.is_file()
+    }
 
 
 def test_committed_molecule_configs_are_the_generators_output(tmp_path):
-    subprocess.run([sys.executable, str(CONFIGS / "make_molecule_configs.py"), "--out", str(tmp_path)],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, str(CONFIGS / "make_molecule_configs.py"), "--out", str(tmp_path)], check=True, cwd=tmp_path
+    )
     generated, committed = _files(tmp_path), _files(CONFIGS)
     assert len(generated) > 100
     fix = "run `python configs/make_molecule_configs.py` (and edit the generator, not its output)"

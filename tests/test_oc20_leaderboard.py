@@ -36,11 +36,19 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def fairchem(args, cwd, timeout=600):
-    proc = subprocess.run([str(Path(sys.executable).parent / "fairchem"), *args],
-                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "fairchem"), *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"fairchem {' '.join(args)} exited {proc.returncode}\n"
-                             f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"fairchem {' '.join(args)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}"
+        )
     return proc.stdout + proc.stderr
 
 
@@ -57,8 +65,9 @@ def oc20(tmp_path_factory):
     from fairchem_deq.data import convert
 
     root = tmp_path_factory.mktemp("oc20")
-    counts = convert([DATA / name for name in SYSTEMS.values()], root / "frames", split="none",
-                     oc20_tags=True, progress=False)
+    counts = convert(
+        [DATA / name for name in SYSTEMS.values()], root / "frames", split="none", oc20_tags=True, progress=False
+    )
     assert counts == {"all": 36 + 27}
     for copy in ("train", "val"):
         shutil.copytree(root / "frames" / "all", root / copy)
@@ -67,14 +76,32 @@ def oc20(tmp_path_factory):
         write(root / "initial" / name, read(DATA / name, index=0))
     convert(root / "initial", root / "initial_lmdb", split="none", oc20_tags=True, progress=False)
 
-    log = fairchem([
-        "--mode", "train", "--config-yml", str(CONFIG), "--cpu", "--run-dir", str(root),
-        "--identifier", "train", "--timestamp-id", "train", "--print-every", "1", *TINY_OVERRIDES,
-        f"--dataset.train.src={root / 'train'}", f"--dataset.val.src={root / 'val'}",
-        "--dataset.train.train_split_settings={'sample_n': 8}",  # 2 steps of 4 frames
-        "--optim.max_epochs=1", "--optim.eval_every=1000000", "--optim.checkpoint_every=-1",
-        "--optim.scheduler_params.warmup_epochs=1",
-    ], cwd=root)
+    log = fairchem(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(CONFIG),
+            "--cpu",
+            "--run-dir",
+            str(root),
+            "--identifier",
+            "train",
+            "--timestamp-id",
+            "train",
+            "--print-every",
+            "1",
+            *TINY_OVERRIDES,
+            f"--dataset.train.src={root / 'train'}",
+            f"--dataset.val.src={root / 'val'}",
+            "--dataset.train.train_split_settings={'sample_n': 8}",  # 2 steps of 4 frames
+            "--optim.max_epochs=1",
+            "--optim.eval_every=1000000",
+            "--optim.checkpoint_every=-1",
+            "--optim.scheduler_params.warmup_epochs=1",
+        ],
+        cwd=root,
+    )
     assert "deq_nstep:" in log, log[-3000:]
     checkpoint = root / "checkpoints" / "train" / "checkpoint.pt"
     assert checkpoint.is_file()
@@ -83,9 +110,18 @@ def oc20(tmp_path_factory):
 
 def _common(root, checkpoint, identifier):
     return [
-        "--cpu", "--run-dir", str(root), "--identifier", identifier, "--timestamp-id", identifier,
-        "--checkpoint", str(checkpoint), *TINY_OVERRIDES,
-        f"--dataset.train.src={root / 'train'}", f"--dataset.val.src={root / 'val'}",
+        "--cpu",
+        "--run-dir",
+        str(root),
+        "--identifier",
+        identifier,
+        "--timestamp-id",
+        identifier,
+        "--checkpoint",
+        str(checkpoint),
+        *TINY_OVERRIDES,
+        f"--dataset.train.src={root / 'train'}",
+        f"--dataset.val.src={root / 'val'}",
     ]
 
 
@@ -102,10 +138,19 @@ def test_checkpoint_carries_fitted_references_for_total_energies(oc20):
 @pytest.fixture(scope="module")
 def predictions(oc20):
     root, checkpoint = oc20
-    fairchem(["--mode", "predict", "--config-yml", str(CONFIG), *_common(root, checkpoint, "predict"),
-              f"--dataset.test.src={root / 'frames' / 'all'}",
-              "--dataset.test.test_split_settings={'sample_n': 16}",
-              "--task.deq.compare_cold=True"], cwd=root)
+    fairchem(
+        [
+            "--mode",
+            "predict",
+            "--config-yml",
+            str(CONFIG),
+            *_common(root, checkpoint, "predict"),
+            f"--dataset.test.src={root / 'frames' / 'all'}",
+            "--dataset.test.test_split_settings={'sample_n': 16}",
+            "--task.deq.compare_cold=True",
+        ],
+        cwd=root,
+    )
     return root / "results" / "predict"
 
 
@@ -185,12 +230,21 @@ def test_submission_cli_and_its_checks(predictions, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def relaxations(oc20):
     root, checkpoint = oc20
-    fairchem(["--mode", "run-relaxations", "--config-yml", str(RELAX_CONFIG),
-              *_common(root, checkpoint, "relax"),
-              f"--dataset.relax.src={root / 'initial_lmdb' / 'all'}",
-              f"--task.relax_opt.traj_dir={root / 'trajs'}",
-              "--task.relaxation_steps=3", "--task.relaxation_fmax=1.0e-6",  # take all 3 steps
-              "--optim.eval_batch_size=2"], cwd=root)
+    fairchem(
+        [
+            "--mode",
+            "run-relaxations",
+            "--config-yml",
+            str(RELAX_CONFIG),
+            *_common(root, checkpoint, "relax"),
+            f"--dataset.relax.src={root / 'initial_lmdb' / 'all'}",
+            f"--task.relax_opt.traj_dir={root / 'trajs'}",
+            "--task.relaxation_steps=3",
+            "--task.relaxation_fmax=1.0e-6",  # take all 3 steps
+            "--optim.eval_batch_size=2",
+        ],
+        cwd=root,
+    )
     return root
 
 

@@ -15,8 +15,10 @@ from fairchem_deq.trainers.readout_constants import check_readout_constants, res
 
 
 def _config(ethanol_lmdb, **backbone):
-    return {"model": {"name": "hydra", "backbone": {"max_radius": 5.0, "max_neighbors": 1000, **backbone}},
-            "dataset": {"train": {"format": "lmdb", "src": str(ethanol_lmdb / "train")}}}
+    return {
+        "model": {"name": "hydra", "backbone": {"max_radius": 5.0, "max_neighbors": 1000, **backbone}},
+        "dataset": {"train": {"format": "lmdb", "src": str(ethanol_lmdb / "train")}},
+    }
 
 
 def test_auto_constants_are_measured_on_the_training_set(ethanol_lmdb):
@@ -32,8 +34,10 @@ def test_auto_constants_are_measured_on_the_training_set(ethanol_lmdb):
 
 
 def test_auto_without_training_data_is_a_clear_error(tmp_path):
-    config = {"model": {"backbone": {"avg_num_nodes": "auto"}},
-              "dataset": {"train": {"src": str(tmp_path / "missing")}}}
+    config = {
+        "model": {"backbone": {"avg_num_nodes": "auto"}},
+        "dataset": {"train": {"src": str(tmp_path / "missing")}},
+    }
     with pytest.raises(ValueError, match="avg_num_nodes: auto.*dataset.train.src"):
         resolve_auto_readout_constants(config)
 
@@ -56,12 +60,27 @@ def test_ema_warmup_forgets_the_initial_weights():
 
 @pytest.mark.slow
 def test_shipped_md_config_trains_with_measured_constants_stored_in_the_checkpoint(ethanol_lmdb, tmp_path):
-    run_cli([
-        "--mode", "train", "--config-yml", str(REPO / "configs/md17/ethanol/eqv2_4l.yml"), "--cpu",
-        "--run-dir", str(tmp_path), "--identifier", "eqv2", "--timestamp-id", "eqv2",
-        *TINY_OVERRIDES, "--model.backbone.num_layers=1", *dataset_overrides(ethanol_lmdb),
-        "--optim.max_epochs=1", "--optim.eval_every=1000000",
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/eqv2_4l.yml"),
+            "--cpu",
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "eqv2",
+            "--timestamp-id",
+            "eqv2",
+            *TINY_OVERRIDES,
+            "--model.backbone.num_layers=1",
+            *dataset_overrides(ethanol_lmdb),
+            "--optim.max_epochs=1",
+            "--optim.eval_every=1000000",
+        ],
+        cwd=tmp_path,
+    )
     state = torch.load(tmp_path / "checkpoints" / "eqv2" / "checkpoint.pt", map_location="cpu", weights_only=False)
     backbone = state["config"]["model"]["backbone"]
     assert (backbone["avg_num_nodes"], backbone["avg_degree"]) == (9.0, 8.0)

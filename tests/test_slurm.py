@@ -34,36 +34,69 @@ def _sbatch(script: str) -> dict[str, str]:
 
 def test_md22_sweep_is_one_array_job(capsys, tmp_path):
     listing, script = _dry_run(
-        capsys, MD22, "--variants", "deq1", "deq2", "eqv2_4l", "--partition", "gpu-long",
-        "--account", "chem", "--num-gpus", "1", "--timeout-h", "48", "--array-parallelism", "8",
-        "--run-dir", tmp_path / "runs", "--logdir", tmp_path / "logs", "--setup", "source .venv/bin/activate",
-        "--sbatch", "mail-type=END",
+        capsys,
+        MD22,
+        "--variants",
+        "deq1",
+        "deq2",
+        "eqv2_4l",
+        "--partition",
+        "gpu-long",
+        "--account",
+        "chem",
+        "--num-gpus",
+        "1",
+        "--timeout-h",
+        "48",
+        "--array-parallelism",
+        "8",
+        "--run-dir",
+        tmp_path / "runs",
+        "--logdir",
+        tmp_path / "logs",
+        "--setup",
+        "source .venv/bin/activate",
+        "--sbatch",
+        "mail-type=END",
     )
     assert "21 runs (train)" in listing
-    for molecule in ("ac_ala3_nhme", "dha", "stachyose", "at_at", "at_at_cg_cg", "buckyball_catcher",
-                     "double_walled_nanotube"):
+    for molecule in (
+        "ac_ala3_nhme",
+        "dha",
+        "stachyose",
+        "at_at",
+        "at_at_cg_cg",
+        "buckyball_catcher",
+        "double_walled_nanotube",
+    ):
         for variant in ("deq1", "deq2", "eqv2_4l"):
             assert f"md22-{molecule}-{variant}  <- " in listing
     assert "eqv2_8l" not in listing
     flags = _sbatch(script)
-    assert flags["array"] == "0-20%8"           # one array job, 21 tasks, 8 at a time
+    assert flags["array"] == "0-20%8"  # one array job, 21 tasks, 8 at a time
     assert flags["partition"] == "gpu-long" and flags["account"] == "chem"
     assert flags["gpus-per-node"] == "1" and flags["ntasks-per-node"] == "1" and flags["nodes"] == "1"
-    assert flags["cpus-per-task"] == "3"        # optim.num_workers (2) + 1, fairchem's choice
+    assert flags["cpus-per-task"] == "3"  # optim.num_workers (2) + 1, fairchem's choice
     assert flags["time"] == str(48 * 60)
-    assert flags["signal"] == "USR2@120"        # -> submitit -> Runner.checkpoint -> requeue
+    assert flags["signal"] == "USR2@120"  # -> submitit -> Runner.checkpoint -> requeue
     assert "requeue" in flags and flags["mail-type"] == "END"
-    assert flags["open-mode"] == "append"       # requeued tasks append to their logs
-    assert "%A_%a" in flags["output"]           # one log per array task
+    assert flags["open-mode"] == "append"  # requeued tasks append to their logs
+    assert "%A_%a" in flags["output"]  # one log per array task
     assert "source .venv/bin/activate" in script
     assert re.search(r"^srun .* -m submitit\.core\._submit .*%j$", script, flags=re.M)
 
 
 def test_multi_node_job_and_fairchem_configs(tmp_path, capsys):
     paths = sweep.expand_configs([REPO / "configs/oc20/s2ef/2M/deq1.yml"])
-    plan = sweep.plan_sweep(paths, logdir=tmp_path / "logs", num_gpus=4, num_nodes=2, run_dir=tmp_path,
-                            overrides=["optim.max_epochs=5", "--optim.eval_every=100"],
-                            slurm=dict(partition="gpu", timeout_h=72, constraint="a100"))
+    plan = sweep.plan_sweep(
+        paths,
+        logdir=tmp_path / "logs",
+        num_gpus=4,
+        num_nodes=2,
+        run_dir=tmp_path,
+        overrides=["optim.max_epochs=5", "--optim.eval_every=100"],
+        slurm=dict(partition="gpu", timeout_h=72, constraint="a100"),
+    )
     (config,) = plan.configs
     # fairchem's build_config: identifier/timestamp, distributed settings, overrides
     assert config["identifier"] == config["timestamp_id"] == "oc20-s2ef-2M-deq1"
@@ -72,7 +105,7 @@ def test_multi_node_job_and_fairchem_configs(tmp_path, capsys):
     assert config["run_dir"] == str(tmp_path)
     assert config["slurm"]["folder"].endswith("/%j") and config["slurm"]["nodes"] == 2
     flags = _sbatch(sweep.sbatch_script(plan))
-    assert "array" not in flags                  # a single run is a plain job
+    assert "array" not in flags  # a single run is a plain job
     assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"]) == ("2", "4", "4")
     assert flags["constraint"] == "a100" and flags["cpus-per-task"] == "9"
     # predicting with each run's own checkpoint
@@ -82,7 +115,14 @@ def test_multi_node_job_and_fairchem_configs(tmp_path, capsys):
 
 def test_config_selection_errors(tmp_path, capsys):
     assert [p.stem for p in sweep.expand_configs([MD22 / "dha"])] == [
-        "deq1", "deq1_conservative", "deq1_paper", "deq2", "deq2_paper", "eqv2_4l", "eqv2_8l"]
+        "deq1",
+        "deq1_conservative",
+        "deq1_paper",
+        "deq2",
+        "deq2_paper",
+        "eqv2_4l",
+        "eqv2_8l",
+    ]
     # includes/ folders are never runs
     assert not [p for p in sweep.expand_configs([REPO / "configs"]) if "includes" in p.parts]
     with pytest.raises(ValueError, match="deq3"):
@@ -126,13 +166,23 @@ def _read_logs(job) -> str:
 def test_local_executor_trains_and_requeues_after_preemption(ethanol, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the task's subprocess inherits this
     overrides = [o[2:] for o in TINY_OVERRIDES] + [
-        f"dataset.train.src={ethanol / 'train'}", f"dataset.val.src={ethanol / 'val'}",
-        f"dataset.test.src={ethanol / 'test'}", "optim.max_epochs=2", "optim.eval_every=1000000",
+        f"dataset.train.src={ethanol / 'train'}",
+        f"dataset.val.src={ethanol / 'val'}",
+        f"dataset.test.src={ethanol / 'test'}",
+        "optim.max_epochs=2",
+        "optim.eval_every=1000000",
         "optim.checkpoint_every=-1",
     ]
     paths = sweep.expand_configs([REPO / "configs/md17/ethanol/deq1.yml"])
-    plan = sweep.plan_sweep(paths, executor="local", logdir=tmp_path / "logs", run_dir=tmp_path / "runs",
-                            overrides=overrides, cpu=True, print_every=1)
+    plan = sweep.plan_sweep(
+        paths,
+        executor="local",
+        logdir=tmp_path / "logs",
+        run_dir=tmp_path / "runs",
+        overrides=overrides,
+        cpu=True,
+        print_every=1,
+    )
     assert plan.configs[0]["submit"] is False and plan.configs[0]["world_size"] == 1
     (job,) = sweep.submit(plan, "local", wait=False)
     # the submitted callable is fairchem's Runner: submitit calls Runner.checkpoint on USR2
@@ -148,7 +198,7 @@ def test_local_executor_trains_and_requeues_after_preemption(ethanol, tmp_path, 
     # (submitit's LocalJob._interrupt only signals its controller, which does not forward it)
     (task,) = _children(job._process.pid)
     os.kill(task, LocalJobEnvironment._usr_sig())
-    job.result()       # the requeued task ran to the end (raises if it failed)
+    job.result()  # the requeued task ran to the end (raises if it failed)
     log = _read_logs(job)
     assert "this job is preempted" in log and "Checkpointing callback is triggered" in log, log[-3000:]
     assert "Requeued job" in log and "load user specified checkpoint" in log, log[-3000:]
@@ -160,7 +210,7 @@ def test_local_executor_trains_and_requeues_after_preemption(ethanol, tmp_path, 
     assert steps_after[-1] == 20
     checkpoint = tmp_path / "runs" / "checkpoints" / "md17-ethanol-deq1" / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=False, map_location="cpu")
-    assert state["step"] == 2 * 40 // 4   # both epochs of 10 steps, across both attempts
+    assert state["step"] == 2 * 40 // 4  # both epochs of 10 steps, across both attempts
     assert (tmp_path / "runs" / "logs" / "tensorboard" / "md17-ethanol-deq1").is_dir()
 
 

@@ -44,7 +44,7 @@ def test_anderson_with_two_iterations_returns_an_evaluated_state_and_its_residua
         f2 = f(f1)
     # TorchDEQ's Anderson alone returns z0 (zeros) here; the evaluated f(z) must come back
     assert not torch.equal(result.fixed_point, _z0())
-    rel = lambda fz, z: ((fz - z).flatten(1).norm(dim=1) / fz.flatten(1).norm(dim=1))  # noqa: E731
+    rel = lambda fz, z: (fz - z).flatten(1).norm(dim=1) / fz.flatten(1).norm(dim=1)  # noqa: E731
     best = torch.where((rel(f2, f1) < rel(f1, _z0())).view(-1, 1, 1), f2, f1)
     torch.testing.assert_close(result.fixed_point, best)
     torch.testing.assert_close(result.stats["rel_residual"], torch.minimum(rel(f2, f1), rel(f1, _z0())))
@@ -125,6 +125,7 @@ def test_a_solver_registered_in_torchdeq_is_accepted_by_name():
 
 # ---- stop_mode "error": a stopping rule that bounds the distance to the fixed point -----
 
+
 class Linear(torch.nn.Module):
     """f(z) = q z + b per structure, fixed point z* = b / (1 - q); counts solver evaluations."""
 
@@ -166,7 +167,9 @@ def test_error_rule_bounds_the_distance_to_the_fixed_point_where_the_residual_do
         # secant ratios of plain steps on an affine f are exactly q
         torch.testing.assert_close(result.stats["contraction"], torch.full((3,), 0.9), rtol=1e-3, atol=1e-4)
         # the reported estimate is q/(1-q) x the reported relative residual, and bounds the error
-        torch.testing.assert_close(result.stats["error_estimate"], 9.0 * result.stats["rel_residual"], rtol=1e-2, atol=0)
+        torch.testing.assert_close(
+            result.stats["error_estimate"], 9.0 * result.stats["rel_residual"], rtol=1e-2, atol=0
+        )
         assert (errors[mode] <= result.stats["error_estimate"] * 1.01).all(), mode
     assert (errors["rel"] > 2 * tol).all(), errors["rel"]  # the residual rule misses tol by far
     assert (errors["error"] <= 2 * tol).all(), errors["error"]
@@ -195,8 +198,7 @@ def test_error_rule_with_anderson_is_not_cut_short_by_torchdeq_and_uses_a_contra
     r: with the default q0 = 0.5 (bound = r) one evaluation suffices; with a handed-in
     contraction 0.9 (bound = 9 r) it does not."""
     f = Linear(q=0.9)
-    solver = _solver(eval_warm={"max_iter": 40, "tol": 1e-3, "stop_mode": "error"},
-                     fallback_cold_start=False).eval()
+    solver = _solver(eval_warm={"max_iter": 40, "tol": 1e-3, "stop_mode": "error"}, fallback_cold_start=False).eval()
     core = solver.cores["phase_eval_warm"]
     assert core.f_stop_mode == "rel" and core.f_tol < 1e-3 * 0.05 / 0.95
     # residual ||f(z0) - z0|| = (1 - q) ||z0 - z*||: a relative residual of ~5e-4 at z0

@@ -18,19 +18,46 @@ TIGHT = ["--model.backbone.deq.eval_cold.tol=0.001", "--model.backbone.deq.eval_
 
 
 def _predict(tmp_path, checkpoint, ethanol_lmdb, test_src, name, extra=()):
-    run_cli([
-        "--mode", "predict", "--config-yml", CONFIG, "--cpu", "--checkpoint", str(checkpoint),
-        "--run-dir", str(tmp_path), "--identifier", name, "--timestamp-id", name,
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), f"--dataset.test.src={test_src}", *TIGHT, *extra,
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "predict",
+            "--config-yml",
+            CONFIG,
+            "--cpu",
+            "--checkpoint",
+            str(checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            name,
+            "--timestamp-id",
+            name,
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.test.src={test_src}",
+            *TIGHT,
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     results = tmp_path / "results" / name
-    return np.load(results / "s2ef_predictions.npz"), json.loads((results / "s2ef_predictions_deq_stats.json").read_text())
+    return np.load(results / "s2ef_predictions.npz"), json.loads(
+        (results / "s2ef_predictions_deq_stats.json").read_text()
+    )
 
 
-def test_predict_in_trajectory_order_reuses_fixed_points(tmp_path, trained_checkpoint, ethanol_lmdb,
-                                                         ethanol_trajectory_lmdb):
-    preds, stats = _predict(tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb, "reuse",
-                            extra=["--task.deq.compare_cold=True"])
+def test_predict_in_trajectory_order_reuses_fixed_points(
+    tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb
+):
+    preds, stats = _predict(
+        tmp_path,
+        trained_checkpoint,
+        ethanol_lmdb,
+        ethanol_trajectory_lmdb,
+        "reuse",
+        extra=["--task.deq.compare_cold=True"],
+    )
     # fairchem's S2EF file (fairchem sorts ids as strings), ids "sid_fid" for all 40 frames
     assert sorted(preds["ids"].tolist()) == sorted(f"0_{i}" for i in range(40))
     assert preds["forces"].shape == (40 * 9, 3)
@@ -39,8 +66,9 @@ def test_predict_in_trajectory_order_reuses_fixed_points(tmp_path, trained_check
     assert stats["deq_nstep_warm_mean"] < stats["deq_nstep_cold_mean"]
     assert stats["deq_markov_dev_max"] < 0.01  # the paper's Markov check: < 1 % force change
 
-    cold_preds, cold_stats = _predict(tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb,
-                                      "noreuse", extra=["--task.deq.reuse=False"])
+    cold_preds, cold_stats = _predict(
+        tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb, "noreuse", extra=["--task.deq.reuse=False"]
+    )
     assert "deq_nstep_warm_mean" not in cold_stats and cold_stats["cache_refused"] == 0
     assert stats["deq_nstep_mean"] < cold_stats["deq_nstep_mean"]
     rel = np.linalg.norm(preds["forces"] - cold_preds["forces"]) / np.linalg.norm(cold_preds["forces"])
@@ -48,7 +76,8 @@ def test_predict_in_trajectory_order_reuses_fixed_points(tmp_path, trained_check
 
 
 def test_random_frames_are_not_warm_started_so_predictions_do_not_depend_on_their_order(
-        tmp_path, trained_checkpoint, ethanol_lmdb):
+    tmp_path, trained_checkpoint, ethanol_lmdb
+):
     """The val split holds 8 random frames of one molecule (one sid): each was warm-started
     from an unrelated frame, and forces depended on the order of the frames."""
     random_frames = tmp_path / "random_frames"  # one LMDB can be opened once per process
@@ -58,8 +87,9 @@ def test_random_frames_are_not_warm_started_so_predictions_do_not_depend_on_thei
     # 4 segments of 2 frames: every second frame had a cached fixed point, 1-2 Å away
     assert stats["cache_refused"] == 4 and stats["deq_reuse_refused_count"] == 8
     assert stats["deq_reuse_refused_mean"] == 0.5 and "deq_nstep_warm_count" not in stats
-    cold, _ = _predict(tmp_path, trained_checkpoint, ethanol_lmdb, random_frames, "random-cold",
-                       extra=["--task.deq.reuse=False"])
+    cold, _ = _predict(
+        tmp_path, trained_checkpoint, ethanol_lmdb, random_frames, "random-cold", extra=["--task.deq.reuse=False"]
+    )
     by_id = lambda p: dict(zip(p["ids"].tolist(), p["forces"].reshape(8, 9, 3)))  # noqa: E731
     warm_f, cold_f = by_id(preds), by_id(cold)
     both = np.stack([warm_f[i] for i in cold_f]), np.stack(list(cold_f.values()))
@@ -67,12 +97,26 @@ def test_random_frames_are_not_warm_started_so_predictions_do_not_depend_on_thei
 
 
 def test_validate_reports_solver_statistics(tmp_path, trained_checkpoint, ethanol_lmdb, ethanol_trajectory_lmdb):
-    proc = run_cli([
-        "--mode", "validate", "--config-yml", CONFIG, "--cpu", "--checkpoint", str(trained_checkpoint),
-        "--run-dir", str(tmp_path), "--identifier", "val", *TINY_OVERRIDES,
-        *dataset_overrides(ethanol_lmdb), f"--dataset.val.src={ethanol_trajectory_lmdb}",
-        "--task.deq.compare_cold=True",
-    ], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "--mode",
+            "validate",
+            "--config-yml",
+            CONFIG,
+            "--cpu",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "val",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.val.src={ethanol_trajectory_lmdb}",
+            "--task.deq.compare_cold=True",
+        ],
+        cwd=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     for key in ("forces_mae", "deq_nstep:", "deq_nstep_cold:", "deq_markov_dev:", "deq_nstep_max:"):
         assert key in log, key
@@ -81,15 +125,33 @@ def test_validate_reports_solver_statistics(tmp_path, trained_checkpoint, ethano
 
 
 def _relax(tmp_path, checkpoint, ethanol_lmdb, relax_src, name, reuse):
-    run_cli([
-        "--mode", "run-relaxations", "--config-yml", CONFIG, "--cpu", "--checkpoint", str(checkpoint),
-        "--run-dir", str(tmp_path), "--identifier", name, "--timestamp-id", name,
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb),
-        f"--dataset.relax.src={relax_src}", "--dataset.relax.format=lmdb",
-        "--task.relaxation_steps=6", "--task.relaxation_fmax=0.0001", "--task.write_pos=True",
-        "--task.relax_opt={'maxstep': 0.04, 'memory': 50, 'damping': 1.0, 'alpha': 70.0}",
-        f"--task.deq.reuse={reuse}",
-    ], cwd=tmp_path)
+    run_cli(
+        [
+            "--mode",
+            "run-relaxations",
+            "--config-yml",
+            CONFIG,
+            "--cpu",
+            "--checkpoint",
+            str(checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            name,
+            "--timestamp-id",
+            name,
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.relax.src={relax_src}",
+            "--dataset.relax.format=lmdb",
+            "--task.relaxation_steps=6",
+            "--task.relaxation_fmax=0.0001",
+            "--task.write_pos=True",
+            "--task.relax_opt={'maxstep': 0.04, 'memory': 50, 'damping': 1.0, 'alpha': 70.0}",
+            f"--task.deq.reuse={reuse}",
+        ],
+        cwd=tmp_path,
+    )
     results = tmp_path / "results" / name
     assert (results / "relaxed_positions.npz").is_file()
     return json.loads((results / "s2ef_relaxations_deq_stats.json").read_text())
@@ -111,18 +173,38 @@ def test_run_relaxations_reuses_fixed_points_across_optimiser_steps(tmp_path, tr
     assert warm["deq_nstep_total"] < cold["deq_nstep_total"], (warm, cold)
 
 
-def test_two_rank_ddp_training_validates_and_logs_solver_statistics(tmp_path, ethanol_lmdb,
-                                                                   ethanol_trajectory_lmdb):
+def test_two_rank_ddp_training_validates_and_logs_solver_statistics(tmp_path, ethanol_lmdb, ethanol_trajectory_lmdb):
     """Validation on one MD trajectory (one sid) under 2 ranks: rank 1 used to get no frames
     and die in fairchem's update_best (KeyError 'forces_mae') while rank 0 hung."""
-    proc = run_cli([
-        "--mode", "train", "--config-yml", CONFIG, "--cpu", "--num-gpus", "2",
-        "--run-dir", str(tmp_path), "--identifier", "ddp", "--timestamp-id", "ddp", "--print-every", "2",
-        *TINY_OVERRIDES, *dataset_overrides(ethanol_lmdb), "--optim.max_epochs=1",
-        f"--dataset.val.src={ethanol_trajectory_lmdb}", "--optim.eval_every=4",
-        "--optim.checkpoint_every=-1", "--task.deq.compare_cold=True",
-        "--optim.scheduler_params.warmup_epochs=0.25",  # >= 1 step of the 8 per epoch per rank
-    ], cwd=tmp_path, timeout=600)
+    proc = run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            CONFIG,
+            "--cpu",
+            "--num-gpus",
+            "2",
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            "ddp",
+            "--timestamp-id",
+            "ddp",
+            "--print-every",
+            "2",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            "--optim.max_epochs=1",
+            f"--dataset.val.src={ethanol_trajectory_lmdb}",
+            "--optim.eval_every=4",
+            "--optim.checkpoint_every=-1",
+            "--task.deq.compare_cold=True",
+            "--optim.scheduler_params.warmup_epochs=0.25",  # >= 1 step of the 8 per epoch per rank
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     log = proc.stdout + proc.stderr
     assert "Running in local mode with 2 ranks" in log
     assert "deq_nstep:" in log and "deq_nonconverged:" in log

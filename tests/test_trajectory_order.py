@@ -83,7 +83,7 @@ def test_cache_holds_copies_bounded_by_bytes_and_drops_finished_systems():
     entry = per_system + numbers.untyped_storage().nbytes()
     cache = FixedPointCache(max_mb=4.5 * entry / 2**20)
     for sid in range(10):
-        cache.put(sid, 0, batch_state[10 * sid:10 * sid + 10], numbers)
+        cache.put(sid, 0, batch_state[10 * sid : 10 * sid + 10], numbers)
     assert len(cache) == 4 and list(cache._entries) == [6, 7, 8, 9]  # least recently used went
     held = sum(e.history.latest.untyped_storage().nbytes() for e in cache._entries.values())
     assert held == 4 * per_system  # copies, not views of the 51,200-byte batch tensor

@@ -12,19 +12,26 @@ from fairchem_deq.reuse.predictors import PREDICTORS
 
 
 def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)")
-    parser.add_argument("--structure", required=True,
-                        help="starting structure: sGDML .npz (MD17/MD22), extxyz or ASE .traj")
+    parser.add_argument(
+        "--checkpoint", required=True, help="DEQuiformer checkpoint (checkpoint.pt or best_checkpoint.pt)"
+    )
+    parser.add_argument(
+        "--structure", required=True, help="starting structure: sGDML .npz (MD17/MD22), extxyz or ASE .traj"
+    )
     parser.add_argument("--frame", type=int, default=0, help="frame of --structure to start from (default 0)")
     parser.add_argument("--no-reuse", action="store_true", help="solve every step from zero (no warm start)")
-    parser.add_argument("--warm-start", choices=list(PREDICTORS), default="last",
-                        help="next fixed point: copy of the last step's (last) or extrapolated "
-                             "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last")
+    parser.add_argument(
+        "--warm-start",
+        choices=list(PREDICTORS),
+        default="last",
+        help="next fixed point: copy of the last step's (last) or extrapolated "
+        "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last",
+    )
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the files of a previous run in --out (default: refuse)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of a previous run in --out (default: refuse)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="show fairchem's INFO logging")
 
@@ -43,8 +50,9 @@ def load_calculator_and_structure(args, **calculator_options):
         raise UserError(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
     atoms = frames[args.frame].copy()
     atoms.calc = None
-    calc = DEQCalculator(args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start,
-                         **calculator_options)
+    calc = DEQCalculator(
+        args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start, **calculator_options
+    )
     return calc, atoms
 
 

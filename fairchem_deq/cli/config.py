@@ -17,11 +17,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = actions.add_parser("show", help="print the merged config as YAML",
-                              description="Print the merged config as YAML (see `fairchem-deq config -h`).")
+    show = actions.add_parser(
+        "show",
+        help="print the merged config as YAML",
+        description="Print the merged config as YAML (see `fairchem-deq config -h`).",
+    )
     show.add_argument("config_yml", metavar="YML", help="fairchem config file")
-    show.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG",
-                      help="after YML: overrides such as --optim.batch_size=4 and fairchem flags such as --mode train")
+    show.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="after YML: overrides such as --optim.batch_size=4 and fairchem flags such as --mode train",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="s2ef", choices=list(TASKS), help="leaderboard task (default: s2ef)")
     parser.add_argument("--dataset", default="OC20", choices=sorted(SPLITS), help="(default: OC20)")
     for split in sorted({s for splits in SPLITS.values() for s in splits}):
-        parser.add_argument(f"--{split.replace('_', '-')}", dest=split, metavar="PATH",
-                            help=f"predictions of the {split} test split")
+        parser.add_argument(
+            f"--{split.replace('_', '-')}", dest=split, metavar="PATH", help=f"predictions of the {split} test split"
+        )
     parser.add_argument("--out-path", required=True, help="submission file to write (.npz)")
     parser.add_argument("--no-check", action="store_true", help="skip the checks of the prediction files")
 

@@ -24,11 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-force", type=float, default=50.0, help="eV/Å: larger means unphysical")
     parser.add_argument("--min-distance", type=float, default=0.5, help="Å: closer means unphysical")
-    parser.add_argument("--max-bond-stretch", type=float, default=None,
-                        help="Å: stop when a covalent bond of the starting structure changes length by "
-                             "more than this (e.g. 0.5 from an equilibrium frame); default off")
-    parser.add_argument("--print-every", type=int, default=0,
-                        help="print energy, temperature and solver iterations every N steps")
+    parser.add_argument(
+        "--max-bond-stretch",
+        type=float,
+        default=None,
+        help="Å: stop when a covalent bond of the starting structure changes length by "
+        "more than this (e.g. 0.5 from an equilibrium frame); default off",
+    )
+    parser.add_argument(
+        "--print-every", type=int, default=0, help="print energy, temperature and solver iterations every N steps"
+    )
 
 
 OUTPUTS = ("md.traj", "md_log.csv", "report.json")
@@ -41,10 +46,19 @@ def run(args: argparse.Namespace) -> int:
     with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
         calc, atoms = load_calculator_and_structure(args)
         report = run_md(
-            atoms, calc, ensemble=args.ensemble, timestep_fs=args.timestep, steps=args.steps,
-            temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
-            trajectory=out / "md.traj", log=out / "md_log.csv", max_force=args.max_force,
-            min_distance=args.min_distance, progress=not args.no_progress,
+            atoms,
+            calc,
+            ensemble=args.ensemble,
+            timestep_fs=args.timestep,
+            steps=args.steps,
+            temperature_K=args.temperature,
+            friction_per_fs=args.friction,
+            seed=args.seed,
+            trajectory=out / "md.traj",
+            log=out / "md_log.csv",
+            max_force=args.max_force,
+            min_distance=args.min_distance,
+            progress=not args.no_progress,
             max_bond_stretch=args.max_bond_stretch,
         )
         summary = report.to_dict()
@@ -53,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
         write_report(out, summary)
     if args.print_every:
         for row in report.rows[:: args.print_every]:
-            print(f"step {row['step']:6d}  Etot {row['etot_eV']:.6f} eV  T {row['temperature_K']:7.1f} K  "
-                  f"solver iterations {row['solver_iterations']}")
+            print(
+                f"step {row['step']:6d}  Etot {row['etot_eV']:.6f} eV  T {row['temperature_K']:7.1f} K  "
+                f"solver iterations {row['solver_iterations']}"
+            )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -30,20 +30,32 @@ from fairchem_deq.launch.submit import sbatch_script, submit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("configs", nargs="+", metavar="CONFIG",
-                        help="config files, or directories of them (includes/ folders skipped)")
-    parser.add_argument("--variants", nargs="+", metavar="NAME",
-                        help="keep configs with these file names (e.g. deq1 deq2 eqv2_4l)")
+    parser.add_argument(
+        "configs", nargs="+", metavar="CONFIG", help="config files, or directories of them (includes/ folders skipped)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", metavar="NAME", help="keep configs with these file names (e.g. deq1 deq2 eqv2_4l)"
+    )
     parser.add_argument("--mode", default="train", choices=list(MODES), help="fairchem mode (default: train)")
     parser.add_argument("--run-dir", default=".", help="fairchem --run-dir of every run (default: .)")
-    parser.add_argument("--logdir", default="logs/sweeps",
-                        help="submitit folder: job scripts, pickles, stdout/err in <logdir>/<job id> "
-                        "(default: logs/sweeps)")
+    parser.add_argument(
+        "--logdir",
+        default="logs/sweeps",
+        help="submitit folder: job scripts, pickles, stdout/err in <logdir>/<job id> (default: logs/sweeps)",
+    )
     parser.add_argument("--identifier-prefix", default="", help="prepended to every run identifier")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="fairchem config override for every run, e.g. optim.max_epochs=10 (repeatable)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint for every run, or last/best: each run's own checkpoint in --run-dir")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fairchem config override for every run, e.g. optim.max_epochs=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint for every run, or last/best: each run's own checkpoint in --run-dir",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--print-every", type=int, default=10)
     parser.add_argument("--amp", action="store_true")
@@ -59,16 +71,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--timeout-h", type=float, default=72, help="time limit in hours (default: 72)")
     slurm.add_argument("--mem-gb", type=int, default=80, help="memory per node in GB (default: 80)")
     slurm.add_argument("--cpus-per-task", type=int, help="default: optim.num_workers + 1 (fairchem's choice)")
-    slurm.add_argument("--array-parallelism", type=int,
-                       help="tasks running at once (Slurm: %%K of --array; local: default 1)")
-    slurm.add_argument("--max-requeues", type=int, default=3,
-                       help="requeues after hitting the time limit (default: 3, fairchem's)")
-    slurm.add_argument("--signal-delay-s", type=int, default=120,
-                       help="USR2 this many seconds before the limit -> Runner.checkpoint (default: 120)")
-    slurm.add_argument("--setup", action="append", default=[], metavar="CMD",
-                       help="shell line run before srun, e.g. 'source .venv/bin/activate' (repeatable)")
-    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra sbatch option, e.g. mail-type=END (repeatable)")
+    slurm.add_argument(
+        "--array-parallelism", type=int, help="tasks running at once (Slurm: %%K of --array; local: default 1)"
+    )
+    slurm.add_argument(
+        "--max-requeues", type=int, default=3, help="requeues after hitting the time limit (default: 3, fairchem's)"
+    )
+    slurm.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 this many seconds before the limit -> Runner.checkpoint (default: 120)",
+    )
+    slurm.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="shell line run before srun, e.g. 'source .venv/bin/activate' (repeatable)",
+    )
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, e.g. mail-type=END (repeatable)",
+    )
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; submit nothing")
     how.add_argument("--local", action="store_true", help="run with submitit's LocalExecutor on this machine")
@@ -91,16 +119,34 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = expand_configs(args.configs, args.variants)
         plan = plan_sweep(
-            paths, logdir=args.logdir, executor=executor, max_requeues=args.max_requeues,
-            mode=args.mode, run_dir=args.run_dir, identifier_prefix=args.identifier_prefix,
-            overrides=args.override, num_gpus=args.num_gpus, num_nodes=args.num_nodes, cpu=args.cpu,
-            amp=args.amp, seed=args.seed, print_every=args.print_every, checkpoint=args.checkpoint,
+            paths,
+            logdir=args.logdir,
+            executor=executor,
+            max_requeues=args.max_requeues,
+            mode=args.mode,
+            run_dir=args.run_dir,
+            identifier_prefix=args.identifier_prefix,
+            overrides=args.override,
+            num_gpus=args.num_gpus,
+            num_nodes=args.num_nodes,
+            cpu=args.cpu,
+            amp=args.amp,
+            seed=args.seed,
+            print_every=args.print_every,
+            checkpoint=args.checkpoint,
             slurm={
-                "partition": args.partition, "account": args.account, "qos": args.qos,
-                "constraint": args.constraint, "exclude": args.exclude, "timeout_h": args.timeout_h,
-                "mem_gb": args.mem_gb, "cpus_per_task": args.cpus_per_task,
-                "array_parallelism": args.array_parallelism, "setup": args.setup,
-                "signal_delay_s": args.signal_delay_s, "extra": _parse_sbatch(args.sbatch),
+                "partition": args.partition,
+                "account": args.account,
+                "qos": args.qos,
+                "constraint": args.constraint,
+                "exclude": args.exclude,
+                "timeout_h": args.timeout_h,
+                "mem_gb": args.mem_gb,
+                "cpus_per_task": args.cpus_per_task,
+                "array_parallelism": args.array_parallelism,
+                "setup": args.setup,
+                "signal_delay_s": args.signal_delay_s,
+                "extra": _parse_sbatch(args.sbatch),
             },
         )
     except ValueError as exc:  # a bad selection or setting; a missing config is a FileNotFoundError
@@ -115,8 +161,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     jobs = submit(plan, executor, timeout_h=args.timeout_h, parallelism=args.array_parallelism or 1)
     if executor == "slurm":
-        print(f"submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks): "
-              + ", ".join(j.job_id for j in jobs))
+        print(
+            f"submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks): "
+            + ", ".join(j.job_id for j in jobs)
+        )
     else:
         print(f"{len(jobs)} runs finished in {time.time() - started:.0f} s; logs in {plan.folder.parent}")
     return 0

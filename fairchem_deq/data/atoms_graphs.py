@@ -22,9 +22,7 @@ def make_atoms_to_graphs():
     """fairchem's AtomsToGraphs with energy, forces, fixed and pbc, no precomputed edges."""
     from fairchem.core.preprocessing import AtomsToGraphs
 
-    return AtomsToGraphs(
-        r_energy=True, r_forces=True, r_fixed=True, r_edges=False, r_distances=False, r_pbc=True
-    )
+    return AtomsToGraphs(r_energy=True, r_forces=True, r_fixed=True, r_edges=False, r_distances=False, r_pbc=True)
 
 
 def atoms_to_data(atoms: Atoms, sid: int, fid: int, a2g=None):
@@ -51,8 +49,7 @@ def atoms_to_batch(
     from fairchem.core.datasets import data_list_collater
     from fairchem.core.preprocessing import AtomsToGraphs
 
-    a2g = AtomsToGraphs(r_energy=False, r_forces=False, r_edges=False, r_distances=False,
-                        r_pbc=True, r_fixed=True)
+    a2g = AtomsToGraphs(r_energy=False, r_forces=False, r_edges=False, r_distances=False, r_pbc=True, r_fixed=True)
     data_list = []
     for i, atoms in enumerate(atoms_list):
         if not atoms.pbc.any() and atoms.cell.rank < 3:

@@ -148,8 +148,7 @@ def plan_splits(
         except SplitError as exc:
             raise SplitError(f"split by system: {exc} systems (input files)") from exc
         plan = {
-            name: [(t, fid) for t in idx for fid in range(len(trajectories[t].frames))]
-            for name, idx in parts.items()
+            name: [(t, fid) for t in idx for fid in range(len(trajectories[t].frames))] for name, idx in parts.items()
         }
     return {name: entries for name, entries in plan.items() if entries}
 
@@ -231,7 +230,8 @@ def convert(
         warnings.warn(
             f"{name} has element(s) {', '.join(symbols)} that no training frame has: the model "
             "never sees them in training, and element references fitted on train are 0 eV for them",
-            UnseenElementsWarning, stacklevel=2,
+            UnseenElementsWarning,
+            stacklevel=2,
         )
 
     a2g = make_atoms_to_graphs()
@@ -252,7 +252,8 @@ def convert(
             with tqdm(total=len(entries), desc=f"{name}", unit="frame", disable=not progress) as bar:
                 natoms = write_lmdb(tmp / name / LMDB_NAME, data_objects(entries, bar))
             write_metadata(
-                tmp / name / METADATA_NAME, natoms,
+                tmp / name / METADATA_NAME,
+                natoms,
                 sid=np.asarray([trajectories[t].sid for t, _ in entries], dtype=np.int64),
                 fid=np.asarray([fid for _, fid in entries], dtype=np.int64),
             )
@@ -265,9 +266,7 @@ def convert(
                 "positions": "Å",
             },
             "split": split,
-            "split_sids": {
-                name: sorted({trajectories[t].sid for t, _ in entries}) for name, entries in plan.items()
-            },
+            "split_sids": {name: sorted({trajectories[t].sid for t, _ in entries}) for name, entries in plan.items()},
             "elements_not_in_train": unseen,
             "split_by": split_by if split == "paper" else None,
             "n_train": n_train if split == "paper" else None,
@@ -280,7 +279,8 @@ def convert(
             # measures the training set the same way (fairchem_deq.data.graph_stats)
             "graph_statistics": {
                 name: _graph_statistics(trajectories, entries, a2g).as_dict()
-                for name, entries in plan.items() if entries
+                for name, entries in plan.items()
+                if entries
             },
         }
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")

@@ -51,7 +51,7 @@ def graph_statistics(items, cutoff: float, max_neighbors: int, chunk: int = 64) 
         raise ValueError("graph statistics need at least one structure")
     atoms = edges = 0
     for start in range(0, len(items), chunk):
-        batch = data_list_collater(items[start:start + chunk], otf_graph=True)
+        batch = data_list_collater(items[start : start + chunk], otf_graph=True)
         edge_index, _, _ = radius_graph_pbc(batch, cutoff, max_neighbors, enforce_max_neighbors_strictly=True)
         atoms += int(batch.natoms.sum())
         edges += int(edge_index.shape[1])

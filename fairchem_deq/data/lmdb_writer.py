@@ -30,9 +30,7 @@ def write_lmdb(path: str | Path, data_objects: Iterable) -> np.ndarray:
     left behind (fairchem opens LMDBs read-only with lock=False).
     """
     path = Path(path)
-    env = lmdb.open(
-        str(path), subdir=False, map_size=_INITIAL_MAP_SIZE, meminit=False, map_async=True, lock=False
-    )
+    env = lmdb.open(str(path), subdir=False, map_size=_INITIAL_MAP_SIZE, meminit=False, map_async=True, lock=False)
     natoms: list[int] = []
     pending: list[tuple[bytes, bytes]] = []
     try:

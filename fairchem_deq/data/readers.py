@@ -72,9 +72,7 @@ def detect_format(path: str | Path) -> str:
     """Format from the file suffix: .npz -> npz, .extxyz/.xyz -> extxyz, .traj -> traj."""
     fmt = SUFFIX_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise DatasetFormatError(
-            path, f"cannot tell the format from the suffix; pass one of {FORMATS} explicitly"
-        )
+        raise DatasetFormatError(path, f"cannot tell the format from the suffix; pass one of {FORMATS} explicitly")
     return fmt
 
 
@@ -97,12 +95,8 @@ class NpzFrames(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        atoms = Atoms(
-            numbers=self.numbers, positions=self.positions[index], cell=self.cell, pbc=False
-        )
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=float(self.energies[index]), forces=self.forces[index].copy()
-        )
+        atoms = Atoms(numbers=self.numbers, positions=self.positions[index], cell=self.cell, pbc=False)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(self.energies[index]), forces=self.forces[index].copy())
         return atoms
 
 
@@ -120,9 +114,7 @@ def read_frames(
     readers = {"npz": read_npz, "extxyz": read_extxyz, "traj": read_traj}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; choose 'auto' or one of {FORMATS}")
-    return readers[fmt](
-        path, units=units, molecule_cell=molecule_cell, max_num_elements=max_num_elements
-    )
+    return readers[fmt](path, units=units, molecule_cell=molecule_cell, max_num_elements=max_num_elements)
 
 
 def read_npz(
@@ -143,9 +135,7 @@ def read_npz(
         with np.load(path, allow_pickle=False) as npz:
             missing = [key for key in NPZ_KEYS if key not in npz.files]
             if missing:
-                raise DatasetFormatError(
-                    path, f"missing key(s) {missing}; an sGDML npz needs {list(NPZ_KEYS)}"
-                )
+                raise DatasetFormatError(path, f"missing key(s) {missing}; an sGDML npz needs {list(NPZ_KEYS)}")
             arrays = {key: np.asarray(npz[key]) for key in NPZ_KEYS}
             e_unit = _unit_string(npz, "e_unit", "kcal/mol")
             r_unit = _unit_string(npz, "r_unit", "Ang")
@@ -235,14 +225,15 @@ def _read_ase(path, fmt, units, molecule_cell, max_num_elements) -> list[Atoms]:
     for fid, atoms in enumerate(frames):
         if len(atoms) != len(numbers):
             raise DatasetFormatError(
-                path, f"atom count changes within the trajectory: frame 0 has {len(numbers)}, "
-                f"frame {fid} has {len(atoms)}"
+                path,
+                f"atom count changes within the trajectory: frame 0 has {len(numbers)}, frame {fid} has {len(atoms)}",
             )
         if not np.array_equal(atoms.get_atomic_numbers(), numbers):
             raise DatasetFormatError(
-                path, f"species change within the trajectory: frame {fid} has "
+                path,
+                f"species change within the trajectory: frame {fid} has "
                 f"{atoms.get_chemical_formula()} in a different order or composition than frame 0 "
-                f"({frames[0].get_chemical_formula()})"
+                f"({frames[0].get_chemical_formula()})",
             )
         energy, frame_forces = _energy_and_forces(path, fid, atoms)
         energies.append(energy)
@@ -255,9 +246,7 @@ def _read_ase(path, fmt, units, molecule_cell, max_num_elements) -> list[Atoms]:
     _check_finite(path, "forces", np.stack(forces))
 
     for atoms, energy, frame_forces in zip(frames, energies, forces):
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=float(energy) * factor, forces=frame_forces * factor
-        )
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energy) * factor, forces=frame_forces * factor)
     return frames
 
 
@@ -285,9 +274,7 @@ def _energy_and_forces(path, fid, atoms: Atoms) -> tuple[float, np.ndarray]:
         raise DatasetFormatError(path, f"frame {fid} has no forces")
     forces = np.asarray(forces, dtype=np.float64)
     if forces.shape != (len(atoms), 3):
-        raise DatasetFormatError(
-            path, f"frame {fid}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
-        )
+        raise DatasetFormatError(path, f"frame {fid}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
     try:
         energy = float(np.asarray(energy).reshape(()))
     except (TypeError, ValueError) as exc:
@@ -317,8 +304,9 @@ def _check_numbers(path, numbers: np.ndarray, max_num_elements: int) -> np.ndarr
     if bad.size:
         names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(set(bad.tolist())))
         raise DatasetFormatError(
-            path, f"unsupported element(s) {names}: EquiformerV2's max_num_elements is "
-            f"{max_num_elements}, so atomic numbers must be < {max_num_elements}"
+            path,
+            f"unsupported element(s) {names}: EquiformerV2's max_num_elements is "
+            f"{max_num_elements}, so atomic numbers must be < {max_num_elements}",
         )
     return numbers
 

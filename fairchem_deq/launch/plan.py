@@ -57,7 +57,7 @@ def identifier_for(path: Path, prefix: str = "") -> str:
     parts = Path(path).with_suffix("").parts
     if "configs" in parts:
         index = len(parts) - 1 - parts[::-1].index("configs")
-        parts = parts[index + 1:]
+        parts = parts[index + 1 :]
     else:
         parts = parts[-2:]
     return prefix + "-".join(parts)
@@ -105,10 +105,26 @@ def build_run_configs(
             raise ValueError(f"{path} and {identifiers[identifier]} get the same identifier {identifier!r}")
         identifiers[identifier] = path
         argv = [
-            "--mode", mode, "--config-yml", str(path), "--identifier", identifier,
-            "--timestamp-id", identifier, "--run-dir", str(run_dir), "--logdir", str(logdir),
-            "--num-gpus", str(num_gpus), "--num-nodes", str(num_nodes), "--seed", str(seed),
-            "--print-every", str(print_every),
+            "--mode",
+            mode,
+            "--config-yml",
+            str(path),
+            "--identifier",
+            identifier,
+            "--timestamp-id",
+            identifier,
+            "--run-dir",
+            str(run_dir),
+            "--logdir",
+            str(logdir),
+            "--num-gpus",
+            str(num_gpus),
+            "--num-nodes",
+            str(num_nodes),
+            "--seed",
+            str(seed),
+            "--print-every",
+            str(print_every),
         ]
         argv += ["--cpu"] * cpu + ["--amp"] * amp + ["--submit"] * submit
         if checkpoint in ("last", "best"):
@@ -180,8 +196,7 @@ def slurm_parameters(
     }
     if not cpu:
         params["gpus_per_node"] = num_gpus
-    optional = {"partition": partition, "account": account, "qos": qos, "constraint": constraint,
-                "exclude": exclude}
+    optional = {"partition": partition, "account": account, "qos": qos, "constraint": constraint, "exclude": exclude}
     params.update({k: v for k, v in optional.items() if v})
     if array_parallelism:
         params["array_parallelism"] = int(array_parallelism)
@@ -190,8 +205,15 @@ def slurm_parameters(
     return params
 
 
-def plan_sweep(paths: Sequence[Path], *, logdir: str | Path = "logs", executor: str = "slurm",
-               max_requeues: int = 3, slurm: dict | None = None, **config_kwargs) -> SweepPlan:
+def plan_sweep(
+    paths: Sequence[Path],
+    *,
+    logdir: str | Path = "logs",
+    executor: str = "slurm",
+    max_requeues: int = 3,
+    slurm: dict | None = None,
+    **config_kwargs,
+) -> SweepPlan:
     """Builds every run config and the executor settings (nothing is submitted)."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
@@ -207,9 +229,17 @@ def plan_sweep(paths: Sequence[Path], *, logdir: str | Path = "logs", executor: 
         config_kwargs["submit"] = False
     configs = build_run_configs(paths, logdir=logdir, **config_kwargs)
     folder = Path(logdir).absolute() / "%j"
-    params = {} if local else slurm_parameters(
-        configs, num_gpus=config_kwargs.get("num_gpus", 1), num_nodes=config_kwargs.get("num_nodes", 1),
-        cpu=config_kwargs.get("cpu", False), **(slurm or {}))
+    params = (
+        {}
+        if local
+        else slurm_parameters(
+            configs,
+            num_gpus=config_kwargs.get("num_gpus", 1),
+            num_nodes=config_kwargs.get("num_nodes", 1),
+            cpu=config_kwargs.get("cpu", False),
+            **(slurm or {}),
+        )
+    )
     for config in configs:
         # what fairchem's --submit stores; the trainer fills in the job id (A_i for arrays)
         config["slurm"] = {**copy.deepcopy(params), "folder": str(folder)} if not local else {}

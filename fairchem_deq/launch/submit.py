@@ -41,8 +41,9 @@ def sbatch_script(plan: SweepPlan) -> str:
     return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
 
 
-def submit(plan: SweepPlan, executor: str = "slurm", *, timeout_h: float = 72, parallelism: int = 1,
-           wait: bool | None = None) -> list:
+def submit(
+    plan: SweepPlan, executor: str = "slurm", *, timeout_h: float = 72, parallelism: int = 1, wait: bool | None = None
+) -> list:
     """Submits the sweep: one array job on Slurm; local/debug run tasks here, `parallelism` at a time.
 
     Returns submitit jobs. Local and debug runs are waited for (an error raises).
@@ -59,8 +60,11 @@ def submit(plan: SweepPlan, executor: str = "slurm", *, timeout_h: float = 72, p
         from submitit import LocalExecutor
 
         ex = LocalExecutor(plan.folder, max_num_timeout=plan.max_requeues)
-        ex.update_parameters(timeout_min=max(1, int(timeout_h * 60)), tasks_per_node=1,
-                             gpus_per_node=0 if plan.configs[0].get("cpu") else 1)
+        ex.update_parameters(
+            timeout_min=max(1, int(timeout_h * 60)),
+            tasks_per_node=1,
+            gpus_per_node=0 if plan.configs[0].get("cpu") else 1,
+        )
     elif executor == "debug":
         from submitit import DebugExecutor
 
@@ -70,7 +74,7 @@ def submit(plan: SweepPlan, executor: str = "slurm", *, timeout_h: float = 72, p
     jobs = []
     step = max(1, int(parallelism))
     for start in range(0, len(plan.configs), step):
-        chunk = ex.map_array(Runner(), plan.configs[start:start + step])
+        chunk = ex.map_array(Runner(), plan.configs[start : start + step])
         if wait is not False:
             for job in chunk:
                 job.result()

@@ -72,8 +72,12 @@ class DEQFixedPointLayer(nn.Module):
             emb.set_embedding(z)
             for block in self.blocks:
                 emb = block(
-                    emb, atomic_numbers, edge_distance, edge_index,
-                    batch=batch, node_offset=node_offset,
+                    emb,
+                    atomic_numbers,
+                    edge_distance,
+                    edge_index,
+                    batch=batch,
+                    node_offset=node_offset,
                 )
             return layout.pad(emb.embedding)
 
@@ -120,8 +124,10 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         if self.num_resolutions != 1:
             raise ValueError("DEQEquiformerV2Backbone supports a single resolution (one lmax)")
         if self.activation_checkpoint:
-            raise ValueError("activation_checkpoint is meaningless for a DEQ backbone: "
-                             "implicit gradients store no solver activations")
+            raise ValueError(
+                "activation_checkpoint is meaningless for a DEQ backbone: "
+                "implicit gradients store no solver activations"
+            )
         self.deq_options = DEQBackboneOptions.from_dict(deq)
         if not direct_forces and self.deq_options.grad == "ift":
             raise ValueError(
@@ -254,6 +260,4 @@ def get_injection(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     try:
         return INJECTIONS[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown DEQ injection {name!r}; choose one of {sorted(INJECTIONS)}"
-        ) from None
+        raise ValueError(f"Unknown DEQ injection {name!r}; choose one of {sorted(INJECTIONS)}") from None

@@ -20,6 +20,7 @@ def registered_solvers() -> list[str]:
 
     return sorted(solver._solvers)  # TorchDEQ 0.1.0 exposes its registry only as this dict
 
+
 STOP_MODES = ("rel", "abs")  # TorchDEQ's own criteria (also b_stop_mode, the backward solve)
 # forward-solve criteria: TorchDEQ's two plus "error" (an estimate of the distance to the
 # fixed point, evaluated by StructureDEQSolver; see SolveSettings)

@@ -105,9 +105,16 @@ class _TrackedFunction:
     meets the tolerance (TorchDEQ's Anderson would otherwise spend at least 3 evaluations
     and check only after the third: a warm start could never beat a cold one)."""
 
-    def __init__(self, f, z0: torch.Tensor, settings: SolveSettings, scope: SolveScope,
-                 exit_early: bool = False, keep_best: bool = False,
-                 prior: torch.Tensor | float | None = None):
+    def __init__(
+        self,
+        f,
+        z0: torch.Tensor,
+        settings: SolveSettings,
+        scope: SolveScope,
+        exit_early: bool = False,
+        keep_best: bool = False,
+        prior: torch.Tensor | float | None = None,
+    ):
         self.f, self.shape, self.settings, self.scope = f, z0.shape, settings, scope
         self.exit_early = exit_early
         self.recording = True
@@ -154,7 +161,8 @@ class _TrackedFunction:
             met = self.error_estimate() < self.settings.tol  # of the best state, newest q
             # the rule must hold from nstep on: a grown q can undo an earlier convergence
             self.first_converged = torch.where(
-                met, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0)
+                met, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0
+            )
         else:
             met = metric < self.settings.tol
             newly = (self.first_converged == 0) & met
@@ -237,7 +245,8 @@ class StructureDEQSolver(nn.Module):
 
         # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
         self._implicit = backward_factory(
-            grad_type="ift", b_solver=get_solver(options.b_solver),
+            grad_type="ift",
+            b_solver=get_solver(options.b_solver),
             b_solver_kwargs=dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode),
         )
         self.last_backward_stats: dict[str, torch.Tensor] = {}
@@ -252,9 +261,15 @@ class StructureDEQSolver(nn.Module):
         core.f_tol, core.f_stop_mode = _torchdeq_stop(phase, settings)
         core.f_max_iter = core.eval_f_max_iter = settings.max_iter
 
-    def forward(self, f, z0: torch.Tensor, warm_started: bool, scope: SolveScope,
-                track_inputs: bool = False, contraction: torch.Tensor | float | None = None,
-                ) -> DEQSolveResult:
+    def forward(
+        self,
+        f,
+        z0: torch.Tensor,
+        warm_started: bool,
+        scope: SolveScope,
+        track_inputs: bool = False,
+        contraction: torch.Tensor | float | None = None,
+    ) -> DEQSolveResult:
         """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
         the inputs of f, for derivatives such as forces = -dE/dpos. `contraction` (scalar or
         per structure [B]; NaN entries: unknown): estimates of f's contraction factor, e.g.
@@ -290,8 +305,9 @@ class StructureDEQSolver(nn.Module):
     def _solve(self, f, z0, phase, scope, contraction=None) -> DEQSolveResult:
         settings = self.options.phase(phase)
         evaluating = not self.training
-        tracked = _TrackedFunction(f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating,
-                                   prior=contraction)
+        tracked = _TrackedFunction(
+            f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating, prior=contraction
+        )
         scope.start_solve()
         # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
         # computed at construction, and a changed max_iter (set_phase) would be ignored
@@ -317,7 +333,8 @@ class StructureDEQSolver(nn.Module):
         stats["nfe"] = warm.stats["nfe"] + retry.stats["nfe"]
         logging.warning(
             "DEQ warm start failed for %d of %d structures; re-solved from zero",
-            int(bad.sum()), len(bad),
+            int(bad.sum()),
+            len(bad),
         )
         return DEQSolveResult(retry.fixed_point, retry.states, stats)
 
@@ -340,7 +357,12 @@ class StructureDEQSolver(nn.Module):
             logging.warning(
                 "DEQ solve (%s) did not reach tol %.1e (%s) within %d iterations for %d of %d "
                 "structures (worst %s %.3e)",
-                phase, settings.tol, settings.stop_mode, settings.max_iter, n_bad,
-                len(stats["converged"]), _REPORTED[settings.stop_mode],
+                phase,
+                settings.tol,
+                settings.stop_mode,
+                settings.max_iter,
+                n_bad,
+                len(stats["converged"]),
+                _REPORTED[settings.stop_mode],
                 float(stats[_REPORTED[settings.stop_mode]].max()),
             )

@@ -106,9 +106,7 @@ class FrozenMaskGraphDropPath(_FrozenMaskPerSolve, GraphDropPath):
     pass
 
 
-class FrozenMaskEquivariantDropout(
-    _FrozenMaskPerSolve, EquivariantDropoutArraySphericalHarmonics
-):
+class FrozenMaskEquivariantDropout(_FrozenMaskPerSolve, EquivariantDropoutArraySphericalHarmonics):
     pass
 
 

@@ -16,6 +16,15 @@ from .options import ReuseOptions
 from .predictors import PREDICTORS, FixedPointHistory, get_predictor
 
 __all__ = [
-    "DEFAULT_MAX_DISPLACEMENT", "PREDICTORS", "FixedPointCache", "FixedPointHistory", "InitialGuess",
-    "ReuseOptions", "ReuseStep", "force_deviation", "forward_with_reuse", "get_predictor", "max_displacement",
+    "DEFAULT_MAX_DISPLACEMENT",
+    "PREDICTORS",
+    "FixedPointCache",
+    "FixedPointHistory",
+    "InitialGuess",
+    "ReuseOptions",
+    "ReuseStep",
+    "force_deviation",
+    "forward_with_reuse",
+    "get_predictor",
+    "max_displacement",
 ]

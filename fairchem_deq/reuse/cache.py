@@ -70,12 +70,12 @@ class CachedFixedPoint:
 
 def _same_atoms(entry: CachedFixedPoint | None, atomic_numbers: torch.Tensor) -> bool:
     """Whether `entry` exists and holds the same atoms (count and species, in order)."""
-    return entry is not None and torch.equal(
-        entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device))
+    return entry is not None and torch.equal(entry.atomic_numbers, atomic_numbers.to(entry.atomic_numbers.device))
 
 
-def max_displacement(pos: torch.Tensor, ref: torch.Tensor, cell: torch.Tensor | None = None,
-                     pbc: torch.Tensor | None = None) -> float:
+def max_displacement(
+    pos: torch.Tensor, ref: torch.Tensor, cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None
+) -> float:
     """Largest per-atom |pos - ref| (Å), under the minimum image along periodic cell axes."""
     diff = pos.detach().double() - ref.detach().double().to(pos.device)
     if cell is not None and pbc is not None and bool(torch.as_tensor(pbc).any()):
@@ -88,8 +88,13 @@ def max_displacement(pos: torch.Tensor, ref: torch.Tensor, cell: torch.Tensor | 
 
 
 class FixedPointCache:
-    def __init__(self, max_systems: int = 10000, warm_start: str = "last", max_mb: float = 1024.0,
-                 max_displacement: float | None = DEFAULT_MAX_DISPLACEMENT):
+    def __init__(
+        self,
+        max_systems: int = 10000,
+        warm_start: str = "last",
+        max_mb: float = 1024.0,
+        max_displacement: float | None = DEFAULT_MAX_DISPLACEMENT,
+    ):
         if max_systems < 1:
             raise ValueError(f"fixed-point cache size must be >= 1, got {max_systems}")
         if not max_mb > 0:
@@ -135,8 +140,14 @@ class FixedPointCache:
         for key in [k for k in self._entries if k not in keep]:
             self.evict(key)
 
-    def get(self, key, atomic_numbers: torch.Tensor, positions: torch.Tensor | None = None,
-            cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None) -> CachedFixedPoint | None:
+    def get(
+        self,
+        key,
+        atomic_numbers: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cell: torch.Tensor | None = None,
+        pbc: torch.Tensor | None = None,
+    ) -> CachedFixedPoint | None:
         """The entry for `key` if it holds the same atoms and (given `positions`) the structure
         is within the displacement bound; else None (a refused entry is dropped)."""
         return self._lookup(key, atomic_numbers, positions, cell, pbc)[0]
@@ -147,8 +158,12 @@ class FixedPointCache:
         if not _same_atoms(entry, atomic_numbers):
             self.misses += 1
             return None, False
-        if (positions is not None and entry.positions is not None and self.max_displacement is not None
-                and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement):
+        if (
+            positions is not None
+            and entry.positions is not None
+            and self.max_displacement is not None
+            and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement
+        ):
             self.refused += 1
             self.evict(key)
             return None, True
@@ -156,15 +171,22 @@ class FixedPointCache:
         self.hits += 1
         return entry, False
 
-    def put(self, key, fid: int | None, fixed_point: torch.Tensor, atomic_numbers: torch.Tensor,
-            positions: torch.Tensor | None = None) -> None:
+    def put(
+        self,
+        key,
+        fid: int | None,
+        fixed_point: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> None:
         """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
         the next frame). `positions` are those it was solved for (the reuse check)."""
         entry = self._entries.get(key)
         if not _same_atoms(entry, atomic_numbers):
             self.evict(key)
             entry = self._entries[key] = CachedFixedPoint(
-                FixedPointHistory(self.predictor), atomic_numbers.detach().clone())
+                FixedPointHistory(self.predictor), atomic_numbers.detach().clone()
+            )
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
         self.nbytes -= entry.nbytes
@@ -182,8 +204,12 @@ class FixedPointCache:
         fids = _fids(batch)
         parts, refused = [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            entry, was_refused = self._lookup(keys[i], batch.atomic_numbers[start:start + n].long(),
-                                              batch.pos[start:start + n], *_cell_pbc(batch, i))
+            entry, was_refused = self._lookup(
+                keys[i],
+                batch.atomic_numbers[start : start + n].long(),
+                batch.pos[start : start + n],
+                *_cell_pbc(batch, i),
+            )
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
             refused.append(was_refused)
         warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
@@ -191,18 +217,25 @@ class FixedPointCache:
         if not bool(warm.any()):
             return InitialGuess(None, warm, refused)
         template = next(p for p in parts if p is not None)
-        z0 = torch.cat([
-            p if p is not None else template.new_zeros((n, *template.shape[1:]))
-            for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
-        ])
+        z0 = torch.cat(
+            [
+                p if p is not None else template.new_zeros((n, *template.shape[1:]))
+                for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
+            ]
+        )
         return InitialGuess(z0, warm, refused)
 
     def store(self, batch, fixed_point: torch.Tensor, keys: Sequence | None = None) -> None:
         keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
-            self.put(keys[i], fids[i] if fids else None, fixed_point[start:start + n],
-                     batch.atomic_numbers[start:start + n].long(), batch.pos[start:start + n])
+            self.put(
+                keys[i],
+                fids[i] if fids else None,
+                fixed_point[start : start + n],
+                batch.atomic_numbers[start : start + n].long(),
+                batch.pos[start : start + n],
+            )
 
 
 def _entry_bytes(entry: CachedFixedPoint) -> int:

@@ -46,9 +46,17 @@ def _run(forward: Callable, backbone: torch.nn.Module, batch) -> tuple[dict, dic
     return outputs, captured["output"]
 
 
-def forward_with_reuse(forward: Callable, backbone: torch.nn.Module, batch, cache: FixedPointCache,
-                       keys: Sequence | None = None, *, reuse: bool = True, compare_cold: bool = False,
-                       lockstep: bool = False) -> ReuseStep:
+def forward_with_reuse(
+    forward: Callable,
+    backbone: torch.nn.Module,
+    batch,
+    cache: FixedPointCache,
+    keys: Sequence | None = None,
+    *,
+    reuse: bool = True,
+    compare_cold: bool = False,
+    lockstep: bool = False,
+) -> ReuseStep:
     """`forward(batch)` (a model call) started from the cache's predictions for `keys`
     (default: the batch's sids). `reuse` False: a cold pass that leaves the cache alone.
     `lockstep`: the batch holds every live system (a trajectory-ordered pass, a relaxation
@@ -82,7 +90,9 @@ def cache_keys(batch, keys: Sequence | None) -> list:
 def force_deviation(forces: torch.Tensor, cold_forces: torch.Tensor, natoms: torch.Tensor) -> torch.Tensor:
     """||F_warm - F_cold|| / ||F_cold|| for each structure (the paper's Markov check)."""
     sizes = natoms.tolist()
-    return torch.stack([
-        (fw - fc).norm() / fc.norm().clamp_min(1e-12)
-        for fw, fc in zip(torch.split(forces.detach(), sizes), torch.split(cold_forces.detach(), sizes))
-    ])
+    return torch.stack(
+        [
+            (fw - fc).norm() / fc.norm().clamp_min(1e-12)
+            for fw, fc in zip(torch.split(forces.detach(), sizes), torch.split(cold_forces.detach(), sizes))
+        ]
+    )

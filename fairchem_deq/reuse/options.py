@@ -40,4 +40,3 @@ class ReuseOptions:
 
     def make_cache(self) -> FixedPointCache:
         return FixedPointCache(self.cache_size, self.warm_start, self.cache_mb, self.reuse_max_displacement)
-

@@ -47,8 +47,7 @@ def _aspc(n: int) -> list[float]:
     if n == 1:
         return [1.0]
     k = n - 2
-    return [(-1) ** (j + 1) * j * comb(2 * k + 4, k + 2 - j) / comb(2 * k + 2, k + 1)
-            for j in range(1, k + 3)]
+    return [(-1) ** (j + 1) * j * comb(2 * k + 4, k + 2 - j) / comb(2 * k + 2, k + 1) for j in range(1, k + 3)]
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,15 @@ class Predictor:
     coefficients: Callable[[int], list[float]]  # n available points -> n coefficients, newest first
 
 
-PREDICTORS: dict[str, Predictor] = {p.name: p for p in (
-    Predictor("last", 1, _polynomial),
-    Predictor("linear", 2, _polynomial),
-    Predictor("quadratic", 3, _polynomial),
-    Predictor("aspc", 4, _aspc),
-)}
+PREDICTORS: dict[str, Predictor] = {
+    p.name: p
+    for p in (
+        Predictor("last", 1, _polynomial),
+        Predictor("linear", 2, _polynomial),
+        Predictor("quadratic", 3, _polynomial),
+        Predictor("aspc", 4, _aspc),
+    )
+}
 
 
 def get_predictor(name: str, where: str = "warm_start") -> Predictor:

@@ -63,10 +63,19 @@ def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
 class DEQCalculator(OCPCalculator):
     implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
 
-    def __init__(self, checkpoint_path: str | Path, *, cpu: bool = True, reuse: bool = True,
-                 tol: float | None = None, max_iter: int | None = None, seed: int | None = 0,
-                 warm_start: str = "last", compare_cold: bool = False,
-                 reuse_max_displacement: float | str | None = "checkpoint"):
+    def __init__(
+        self,
+        checkpoint_path: str | Path,
+        *,
+        cpu: bool = True,
+        reuse: bool = True,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        seed: int | None = 0,
+        warm_start: str = "last",
+        compare_cold: bool = False,
+        reuse_max_displacement: float | str | None = "checkpoint",
+    ):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
         the predictor of the next fixed point from the previous calls' (each call is taken as
@@ -83,8 +92,11 @@ class DEQCalculator(OCPCalculator):
         self.model = self.trainer.model.eval()
         options = self.trainer.reuse_options  # the checkpoint's task.deq block
         self.fixed_point_cache = FixedPointCache(
-            options.cache_size, warm_start, options.cache_mb,
-            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement)
+            options.cache_size,
+            warm_start,
+            options.cache_mb,
+            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement,
+        )
         self.reuse, self.compare_cold = reuse, compare_cold
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
         for phase in ("eval_cold", "eval_warm") if changes else ():
@@ -106,8 +118,14 @@ class DEQCalculator(OCPCalculator):
         batch = atoms_to_batch([self.atoms], fids=[self._calls]).to(self.trainer.device)
         self._calls += 1
         with torch.no_grad():
-            step = forward_with_reuse(self.model, self.model.backbone, batch, self.fixed_point_cache,
-                                      reuse=self.reuse, compare_cold=self.compare_cold)
+            step = forward_with_reuse(
+                self.model,
+                self.model.backbone,
+                batch,
+                self.fixed_point_cache,
+                reuse=self.reuse,
+                compare_cold=self.compare_cold,
+            )
         energy = self._physical("energy", step.outputs, batch)
         forces = self._physical("forces", step.outputs, batch)
         self.results["energy"] = float(energy.reshape(-1)[0])
@@ -140,8 +158,10 @@ def _cold_comparison(step, batch, stats: dict) -> dict:
     if step.cold_solution is None:
         return {"nstep_cold": stats["nstep"], "markov_dev": 0.0}
     forces, cold = (_forces(o) for o in (step.outputs, step.cold_outputs))
-    return {"nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
-            "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item()}
+    return {
+        "nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
+        "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item(),
+    }
 
 
 def _forces(outputs: dict) -> torch.Tensor:

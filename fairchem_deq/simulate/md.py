@@ -22,8 +22,18 @@ from tqdm import tqdm
 
 from fairchem_deq.outputs import partial_path, write_csv_atomic
 
-LOG_FIELDS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K",
-              "solver_iterations", "rel_residual", "max_force_eVA", "min_distance_A"]
+LOG_FIELDS = [
+    "step",
+    "time_fs",
+    "epot_eV",
+    "ekin_eV",
+    "etot_eV",
+    "temperature_K",
+    "solver_iterations",
+    "rel_residual",
+    "max_force_eVA",
+    "min_distance_A",
+]
 
 
 @dataclass
@@ -106,8 +116,13 @@ def run_md(
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep=dt)
     else:
-        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
-                       friction=friction_per_fs / units.fs, rng=np.random.default_rng(seed))
+        dyn = Langevin(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature_K,
+            friction=friction_per_fs / units.fs,
+            rng=np.random.default_rng(seed),
+        )
 
     bonds, bond_ref = covalent_bonds(atoms) if max_bond_stretch is not None else (np.zeros((0, 2), int), None)
     traj_tmp = partial_path(trajectory) if trajectory else None
@@ -124,9 +139,14 @@ def run_md(
             epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
             stats = getattr(calculator, "last_solver_stats", {}) or {}
             row = {
-                "step": step, "time_fs": step * timestep_fs, "epot_eV": epot, "ekin_eV": ekin,
-                "etot_eV": epot + ekin, "temperature_K": atoms.get_temperature(),
-                "solver_iterations": stats.get("nstep"), "rel_residual": stats.get("rel_residual"),
+                "step": step,
+                "time_fs": step * timestep_fs,
+                "epot_eV": epot,
+                "ekin_eV": ekin,
+                "etot_eV": epot + ekin,
+                "temperature_K": atoms.get_temperature(),
+                "solver_iterations": stats.get("nstep"),
+                "rel_residual": stats.get("rel_residual"),
                 "max_force_eVA": float(np.linalg.norm(forces, axis=1).max()),
                 "min_distance_A": _min_distance(atoms),
             }
@@ -146,9 +166,13 @@ def run_md(
                 worst = int(stretch.argmax())
                 if stretch[worst] > max_bond_stretch:
                     a, b = bonds[worst]
-                    unphysical_step, reason = step, (
-                        f"bond {atoms[a].symbol}{a}-{atoms[b].symbol}{b} changed by {stretch[worst]:.2f} Å "
-                        f"> {max_bond_stretch} from its starting length {bond_ref[worst]:.2f} Å")
+                    unphysical_step, reason = (
+                        step,
+                        (
+                            f"bond {atoms[a].symbol}{a}-{atoms[b].symbol}{b} changed by {stretch[worst]:.2f} Å "
+                            f"> {max_bond_stretch} from its starting length {bond_ref[worst]:.2f} Å"
+                        ),
+                    )
             if unphysical_step is not None:
                 break
     except BaseException:
@@ -167,11 +191,17 @@ def run_md(
     iters = [r["solver_iterations"] for r in rows if r["solver_iterations"] is not None]
     drift = energy_drift(rows, len(atoms)) if ensemble == "nve" else None
     return MDReport(
-        steps_run=rows[-1]["step"], ensemble=ensemble, timestep_fs=timestep_fs, natoms=len(atoms),
+        steps_run=rows[-1]["step"],
+        ensemble=ensemble,
+        timestep_fs=timestep_fs,
+        natoms=len(atoms),
         mean_solver_iterations=float(np.mean(iters)) if iters else None,
-        energy_drift_meV_per_atom_per_ps=drift, unphysical_step=unphysical_step,
-        unphysical_reason=reason, trajectory=str(trajectory) if trajectory else None,
-        log=str(log) if log else None, rows=rows,
+        energy_drift_meV_per_atom_per_ps=drift,
+        unphysical_step=unphysical_step,
+        unphysical_reason=reason,
+        trajectory=str(trajectory) if trajectory else None,
+        log=str(log) if log else None,
+        rows=rows,
     )
 
 
@@ -185,5 +215,3 @@ def energy_drift(rows: list[dict], natoms: int) -> float | None:
     if not np.isfinite(etot).all():
         return None
     return float(np.polyfit(t_ps, etot, 1)[0] / natoms * 1000.0)
-
-

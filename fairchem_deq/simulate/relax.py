@@ -19,8 +19,15 @@ from ase.optimize import FIRE, LBFGS
 from fairchem_deq.outputs import partial_path, write_csv_atomic
 
 OPTIMIZERS = {"lbfgs": LBFGS, "fire": FIRE}
-LOG_FIELDS = ["step", "epot_eV", "fmax_eVA", "solver_iterations", "rel_residual",
-              "solver_iterations_cold", "markov_dev"]
+LOG_FIELDS = [
+    "step",
+    "epot_eV",
+    "fmax_eVA",
+    "solver_iterations",
+    "rel_residual",
+    "solver_iterations_cold",
+    "markov_dev",
+]
 
 
 @dataclass
@@ -70,12 +77,17 @@ def run_relaxation(
 
     def record():
         stats = getattr(calculator, "last_solver_stats", {}) or {}
-        rows.append({
-            "step": len(rows), "epot_eV": float(atoms.get_potential_energy()),
-            "fmax_eVA": float(np.linalg.norm(atoms.get_forces(), axis=1).max()),
-            "solver_iterations": _int_or_none(stats.get("nstep")), "rel_residual": stats.get("rel_residual"),
-            "solver_iterations_cold": _int_or_none(stats.get("nstep_cold")), "markov_dev": stats.get("markov_dev"),
-        })
+        rows.append(
+            {
+                "step": len(rows),
+                "epot_eV": float(atoms.get_potential_energy()),
+                "fmax_eVA": float(np.linalg.norm(atoms.get_forces(), axis=1).max()),
+                "solver_iterations": _int_or_none(stats.get("nstep")),
+                "rel_residual": stats.get("rel_residual"),
+                "solver_iterations_cold": _int_or_none(stats.get("nstep_cold")),
+                "markov_dev": stats.get("markov_dev"),
+            }
+        )
         if on_step is not None:
             on_step(rows[-1])
 
@@ -99,19 +111,20 @@ def run_relaxation(
     cold = [r["solver_iterations_cold"] for r in rows if r["solver_iterations_cold"] is not None]
     devs = [r["markov_dev"] for r in rows if r["markov_dev"] is not None]
     return atoms, RelaxReport(
-        converged=converged, steps=opt.get_number_of_steps(),
+        converged=converged,
+        steps=opt.get_number_of_steps(),
         final_energy_eV=float(atoms.get_potential_energy()),
         final_fmax_eVA=float(np.linalg.norm(forces, axis=1).max()),
         total_solver_iterations=sum(iterations) if iterations else None,
-        solver_iterations_per_step=iterations, trajectory=str(trajectory) if trajectory else None,
+        solver_iterations_per_step=iterations,
+        trajectory=str(trajectory) if trajectory else None,
         mean_solver_iterations=float(np.mean(iterations)) if iterations else None,
         mean_solver_iterations_cold=float(np.mean(cold)) if cold else None,
         max_markov_dev=float(max(devs)) if devs else None,
-        log=str(log) if log else None, rows=rows,
+        log=str(log) if log else None,
+        rows=rows,
     )
 
 
 def _int_or_none(value) -> int | None:
     return None if value is None else int(value)
-
-

@@ -8,6 +8,8 @@ from .explicit_forces_trainer import ExplicitEquiformerV2Trainer
 from .trajectory_sampler import TrajectoryBatchSampler
 
 __all__ = [
-    "DEQDeNSTrainer", "DEQForcesTrainer", "ExplicitEquiformerV2Trainer",
+    "DEQDeNSTrainer",
+    "DEQForcesTrainer",
+    "ExplicitEquiformerV2Trainer",
     "TrajectoryBatchSampler",
 ]

@@ -32,6 +32,5 @@ def aggregate_over_ranks(metrics: dict, device) -> dict:
         entry = metrics.get(key, {"total": 0.0, "numel": 0})
         total = distutils.all_reduce(entry["total"], average=False, device=device)
         numel = distutils.all_reduce(entry["numel"], average=False, device=device)
-        aggregated[key] = {"total": total, "numel": numel,
-                           "metric": total / numel if numel else math.nan}
+        aggregated[key] = {"total": total, "numel": numel, "metric": total / numel if numel else math.nan}
     return aggregated

@@ -64,8 +64,11 @@ class DeNSPaperLoss(DenoisingForcesTrainer):
                 mask = mask | noise_mask if noise_mask is not None else torch.ones_like(mask)
         if noise_mask is not None:
             return compute_atomwise_denoising_pos_and_force_hybrid_loss(
-                pred=pred, target=target, noise_mask=noise_mask.view(-1, 1),
-                force_mult=info["coefficient"], denoising_pos_mult=params.denoising_pos_coefficient,
+                pred=pred,
+                target=target,
+                noise_mask=noise_mask.view(-1, 1),
+                force_mult=info["coefficient"],
+                denoising_pos_mult=params.denoising_pos_coefficient,
                 mask=mask,
             )
         natoms = torch.repeat_interleave(batch.natoms, batch.natoms)

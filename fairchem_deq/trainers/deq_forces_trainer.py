@@ -45,8 +45,14 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         # first, so a bad key is one clear error and leaves nothing behind
         from fairchem_deq.config_check import check_config
 
-        check_config({"model": kwargs.get("model"), "task": kwargs.get("task"),
-                      "optim": kwargs.get("optimizer"), "trainer": f"{__name__}.DEQForcesTrainer"})
+        check_config(
+            {
+                "model": kwargs.get("model"),
+                "task": kwargs.get("task"),
+                "optim": kwargs.get("optimizer"),
+                "trainer": f"{__name__}.DEQForcesTrainer",
+            }
+        )
         # fairchem names the task "ocp" for any trainer it does not know (dotted paths
         # included), which drops the S2EF metrics and renames the prediction file.
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
@@ -66,8 +72,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         backbone = getattr(self._unwrapped_model, "backbone", None)
         if backbone is None or not hasattr(backbone, "deq_layer"):
             raise TypeError(
-                "DEQForcesTrainer needs a hydra model whose backbone is "
-                "fairchem_deq.models.DEQEquiformerV2Backbone"
+                "DEQForcesTrainer needs a hydra model whose backbone is fairchem_deq.models.DEQEquiformerV2Backbone"
             )
         return backbone
 
@@ -87,9 +92,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         energy, forces = self.normalizers["energy"], self.normalizers.get("forces")
         if forces is not None and float(forces.mean) == 0.0 and torch.isclose(forces.rmsd, energy.rmsd):
             return
-        logging.info("energy-gradient forces: forces normalised by the energy's rmsd %.6g (was %s)",
-                     float(energy.rmsd), None if forces is None else f"mean {float(forces.mean):.6g}, "
-                     f"rmsd {float(forces.rmsd):.6g}")
+        logging.info(
+            "energy-gradient forces: forces normalised by the energy's rmsd %.6g (was %s)",
+            float(energy.rmsd),
+            None if forces is None else f"mean {float(forces.mean):.6g}, rmsd {float(forces.rmsd):.6g}",
+        )
         self.normalizers["forces"] = Normalizer(mean=0.0, rmsd=energy.rmsd.detach().clone()).to(self.device)
 
     def _aggregate_metrics(self, metrics):
@@ -104,7 +111,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
     def _forward(self, batch):
         batch = batch.to(self.device)
         step = forward_with_reuse(
-            super()._forward, self._backbone, batch, self.fixed_point_cache, self._cache_keys(batch),
+            super()._forward,
+            self._backbone,
+            batch,
+            self.fixed_point_cache,
+            self._cache_keys(batch),
             reuse=self._reuse_now(),
             compare_cold=not self.model.training and self.reuse_options.compare_cold and not self._in_relaxation,
             lockstep=self._segments is not None or self._in_relaxation,
@@ -112,10 +123,13 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self.last_step = step
         out, solution = step.outputs, step.solution
         self._last_deq_metrics = self.solver_stats.add(
-            solution["deq_stats"], warm=step.guess.warm if step.guess.z0 is not None else None,
+            solution["deq_stats"],
+            warm=step.guess.warm if step.guess.z0 is not None else None,
             cold_stats=None if step.cold_solution is None else step.cold_solution["deq_stats"],
-            forces=out.get("forces"), cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
-            natoms=batch.natoms, refused=step.guess.refused,
+            forces=out.get("forces"),
+            cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
+            natoms=batch.natoms,
+            refused=step.guess.refused,
         )
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
@@ -172,8 +186,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             return loader
         sids, fids = dataset_sids_fids(loader.dataset)
         sampler = TrajectoryBatchSampler(
-            sids, fids, batch_size=self.config["optim"].get("eval_batch_size", self.config["optim"]["batch_size"]),
-            rank=distutils.get_rank(), world_size=distutils.get_world_size(),
+            sids,
+            fids,
+            batch_size=self.config["optim"].get("eval_batch_size", self.config["optim"]["batch_size"]),
+            rank=distutils.get_rank(),
+            world_size=distutils.get_world_size(),
         )
         self._segments = sampler
         return self.get_dataloader(loader.dataset, sampler)
@@ -208,15 +225,13 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
     def save_results(self, predictions, results_file, keys=None):
         return super().save_results(float64_outputs.restore_float64(self, predictions), results_file, keys)
 
-    def predict(self, data_loader, per_image: bool = True, results_file: str | None = None,
-                disable_tqdm: bool = False):
+    def predict(self, data_loader, per_image: bool = True, results_file: str | None = None, disable_tqdm: bool = False):
         if not isinstance(data_loader, torch.utils.data.DataLoader):
             return super().predict(data_loader, per_image, results_file, disable_tqdm)
         self._start_evaluation()
         float64_outputs.collect(self)  # float64 energies in the prediction file (save_results)
         try:
-            predictions = super().predict(self._trajectory_loader(data_loader), per_image,
-                                          results_file, disable_tqdm)
+            predictions = super().predict(self._trajectory_loader(data_loader), per_image, results_file, disable_tqdm)
         finally:
             self._segments = None
             self.fixed_point_cache.clear()
@@ -235,8 +250,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self._summarise("relaxations", "relaxations")
 
     def _summarise(self, what: str, results_file: str | None = None) -> dict:
-        summary = self.solver_stats.summary(reduce_max=_all_reduce_max, reduce_sum=_all_reduce_sum,
-                                            device=self.device)
+        summary = self.solver_stats.summary(reduce_max=_all_reduce_max, reduce_sum=_all_reduce_sum, device=self.device)
         cache = self.fixed_point_cache
         summary["cache_hits"] = _all_reduce_sum(float(cache.hits), self.device)
         summary["cache_misses"] = _all_reduce_sum(float(cache.misses), self.device)
@@ -246,10 +260,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
                 "DEQ warm-started forces differ from cold-started ones by %.1f %% on average "
                 "(max %.1f %%): the warm start changes the answer. Tighten deq.eval_warm.tol, "
                 "lower task.deq.reuse_max_displacement, or set task.deq.reuse: False.",
-                100 * summary["deq_markov_dev_mean"], 100 * summary["deq_markov_dev_max"])
+                100 * summary["deq_markov_dev_mean"],
+                100 * summary["deq_markov_dev_max"],
+            )
         if distutils.is_master() and summary:
-            logging.info("DEQ solver statistics (%s): %s", what,
-                         ", ".join(f"{k}: {v:.4g}" for k, v in summary.items()))
+            logging.info("DEQ solver statistics (%s): %s", what, ", ".join(f"{k}: {v:.4g}" for k, v in summary.items()))
             if self.logger is not None:
                 self.logger.log(dict(summary), step=self.step, split=what.replace(":", "_"))
             if results_file is not None:

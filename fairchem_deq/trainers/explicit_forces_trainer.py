@@ -13,8 +13,7 @@ from .training_run import TrainingRunMixin
 
 
 @registry.register_trainer("explicit_equiformer_v2_forces")
-class ExplicitEquiformerV2Trainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin,
-                                  EquiformerV2ForcesTrainer):
+class ExplicitEquiformerV2Trainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, EquiformerV2ForcesTrainer):
     def __init__(self, *args, name: str = "s2ef", **kwargs):
         # fairchem names the task "ocp" for a trainer it does not know (a dotted path)
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)

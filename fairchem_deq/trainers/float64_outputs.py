@@ -27,7 +27,8 @@ _STASH = "_float64_outputs"
 def offset_targets(trainer) -> list[str]:
     """System-level outputs that fairchem denormalises with an offset (normally `energy`)."""
     return [
-        key for key, spec in trainer.output_targets.items()
+        key
+        for key, spec in trainer.output_targets.items()
         if spec.get("level", "system") == "system" and (key in trainer.normalizers or key in trainer.elementrefs)
     ]
 

@@ -53,8 +53,9 @@ def _train_dataset(config: dict):
 
 
 def _statistics(dataset, backbone: dict):
-    return dataset_graph_statistics(dataset, float(backbone.get("max_radius", 5.0)),
-                                    int(backbone.get("max_neighbors", 20)), sample=SAMPLE)
+    return dataset_graph_statistics(
+        dataset, float(backbone.get("max_radius", 5.0)), int(backbone.get("max_neighbors", 20)), sample=SAMPLE
+    )
 
 
 def resolve_auto_readout_constants(config: dict) -> bool:
@@ -76,16 +77,22 @@ def resolve_auto_readout_constants(config: dict) -> bool:
         raise ValueError(
             f"model.backbone {', '.join(f'{k}: auto' for k in auto)} is measured on the training set, "
             "but dataset.train.src is missing or does not exist (give numbers, or a checkpoint that "
-            "stores them)")
+            "stores them)"
+        )
     try:
         stats = _statistics(dataset, backbone)
     finally:  # an LMDB can be open once per process: fairchem opens it again next
         _close(dataset)
     for key in auto:
         backbone[key] = getattr(stats, key)
-        logging.info("readout constant %s = %.4g, measured on %d training structures (cutoff %g Å, "
-                     "at most %d neighbours)", key, getattr(stats, key), stats.structures, stats.cutoff,
-                     stats.max_neighbors)
+        logging.info(
+            "readout constant %s = %.4g, measured on %d training structures (cutoff %g Å, at most %d neighbours)",
+            key,
+            getattr(stats, key),
+            stats.structures,
+            stats.cutoff,
+            stats.max_neighbors,
+        )
     return True
 
 
@@ -114,8 +121,14 @@ def check_readout_constants(config: dict, dataset) -> list[str]:
             logging.warning(
                 "!!! model.backbone.%s = %g is %.1fx the training data's %.4g (%d structures, cutoff "
                 "%g Å): the energy readout / edge-degree embedding is mis-scaled. Set it to `auto` or "
-                "to the measured value.", key, float(backbone[key]), ratio, measured, stats.structures,
-                stats.cutoff)
+                "to the measured value.",
+                key,
+                float(backbone[key]),
+                ratio,
+                measured,
+                stats.structures,
+                stats.cutoff,
+            )
     return off
 
 

@@ -39,7 +39,7 @@ def record_initial_frames(trainer) -> list[Path]:
         return []
     distutils.synchronize()  # every rank's trajectories are closed and renamed
     empty = empty_trajectories(traj_dir) if Path(traj_dir).is_dir() else []
-    mine = empty[distutils.get_rank()::distutils.get_world_size()]
+    mine = empty[distutils.get_rank() :: distutils.get_world_size()]
     if not mine:
         return []
     index = _index_by_sid(dataset, {p.stem for p in mine})

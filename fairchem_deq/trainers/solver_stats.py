@@ -16,8 +16,16 @@ from fairchem_deq.reuse import force_deviation
 # nstep: solver evaluations per structure; *_warm / fallback: warm-started structures only;
 # nstep_cold / markov_dev: the optional cold comparison; reuse_refused: cached fixed points
 # not reused because the structure moved beyond the displacement bound
-STATISTICS = ("fallback", "markov_dev", "nonconverged", "nstep", "nstep_cold", "nstep_warm",
-              "rel_residual", "reuse_refused")
+STATISTICS = (
+    "fallback",
+    "markov_dev",
+    "nonconverged",
+    "nstep",
+    "nstep_cold",
+    "nstep_warm",
+    "rel_residual",
+    "reuse_refused",
+)
 
 
 class SolverStatsAccumulator:
@@ -38,8 +46,16 @@ class SolverStatsAccumulator:
             self.maxima[key] = max(self.maxima[key], float(values.max()))
         return {"total": total, "numel": numel}
 
-    def add(self, stats: dict, warm, cold_stats: dict | None = None, forces=None,
-            cold_forces=None, natoms=None, refused: torch.Tensor | None = None) -> dict:
+    def add(
+        self,
+        stats: dict,
+        warm,
+        cold_stats: dict | None = None,
+        forces=None,
+        cold_forces=None,
+        natoms=None,
+        refused: torch.Tensor | None = None,
+    ) -> dict:
         """`warm`: which structures were warm-started (bool tensor [n]; True/False for all;
         None: none). The warm-only statistics (nstep_warm, fallback) and the cold comparison
         (nstep_cold, markov_dev) cover those structures only. `refused` (bool tensor [n]):

@@ -80,7 +80,7 @@ class TrajectoryBatchSampler(Sampler[list[int]]):
         mine = segments[rank::world_size]
         self.batches: list[list[int]] = []
         for start in range(0, len(mine), batch_size):
-            chunk = [[idx for _, idx in frames] for _, frames in mine[start:start + batch_size]]
+            chunk = [[idx for _, idx in frames] for _, frames in mine[start : start + batch_size]]
             for t in range(max(len(c) for c in chunk)):
                 self.batches.append([c[t] for c in chunk if t < len(c)])
 
