@@ -21,9 +21,22 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _default_signals() -> None:
+    """A command started from a backgrounded shell (`pytest ... &`, nohup) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt: give the child the default
+    handling a user's terminal gives it, whatever launched the test suite."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BIN / "fairchem-deq"), *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(BIN / "fairchem-deq"), *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_signals,  # noqa: PLW1509 - single-threaded test process, signal reset only
     )
 
 
