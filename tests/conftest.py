@@ -128,3 +128,13 @@ def trained_checkpoint(tmp_path_factory, ethanol_lmdb):
         cwd=run_dir,
     )
     return run_dir / "checkpoints" / "tiny" / "checkpoint.pt"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny models and solves: they gain nothing from two, and on a busy
+    2-core machine two OpenMP threads spin-wait (10-50x slower; the session default is two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -181,15 +181,6 @@ def _tiny_model_config(config: dict) -> dict:
     return model
 
 
-@pytest.fixture
-def one_thread():
-    # small tensors on a shared 2-core machine: OpenMP barriers with 2 threads cost 10-50x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread):
     from conftest import ethanol_atoms, to_batch
 

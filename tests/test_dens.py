@@ -19,13 +19,7 @@ CONFIG = REPO / "configs/md17/ethanol/deq1_dens.yml"
 DENS_HEADS = {"energy": {"module": "eqV2_DeNS_scalar_head"}, "forces": {"module": "eqV2_DeNS_vector_head"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors on a shared 2-core machine: OpenMP barriers with 2 threads cost 10-50x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labelled_batch(frames):

@@ -106,16 +106,6 @@ def test_cache_extrapolates_per_system_and_restarts_when_the_atoms_change():
     torch.testing.assert_close(cache.get("b", numbers).history.predict(6), 7 * z[0])
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: the tiny model gains nothing from two, and on a busy machine two
-    OpenMP threads spin-wait (conftest sets two for the whole session)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_calculator_extrapolates_along_real_frames_matches_cold_and_resets(trained_checkpoint, one_thread):
     from fairchem_deq import DEQCalculator
 

@@ -45,9 +45,14 @@ class DEQFixedPointLayer(nn.Module):
         self._solve: _Solve | None = None
 
     @contextmanager
-    def solving(self, natoms: torch.Tensor, initial_guess: torch.Tensor | None):
+    def solving(
+        self,
+        natoms: torch.Tensor,
+        initial_guess: torch.Tensor | None,
+        solver_state: tuple[torch.Tensor, ...] | None = None,
+    ):
         """The record of the one solve that runs inside this context."""
-        self._solve = _Solve(PaddedLayout(natoms), initial_guess)
+        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state)
         try:
             yield self._solve
         finally:
@@ -90,10 +95,26 @@ class DEQFixedPointLayer(nn.Module):
             z0 = x_inj.new_zeros((layout.num_structures, layout.n_max, *x_inj.shape[1:]))
         # energy-gradient forces: z* must carry the positions' graph (edge distances)
         track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
-        solve.result = self.solver(f, z0, warm_started, self.scope, track_inputs=track)
+        solve.result = self.solver(
+            f, z0, warm_started, self.scope, track_inputs=track, solver_state=self._padded_state(solve, x_inj)
+        )
         out = SO3_Embedding(0, x.lmax_list.copy(), x.num_channels, x_inj.device, x_inj.dtype)
         out.set_embedding(layout.unpad(solve.result.fixed_point))
         return out
+
+    def _padded_state(self, solve: _Solve, x_inj: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The solver's state handed in per atom ([n_atoms, (lmax+1)^2, C, m] each, zeros for
+        structures without one) as solver rows [B, n_max, (lmax+1)^2, C, m]; None when there
+        is none or the solver keeps no state (a state of another solver is ignored)."""
+        if solve.solver_state is None or self.training or self.solver.state_type is None:
+            return None
+        for t in solve.solver_state:
+            if t.shape[:-1] != x_inj.shape:
+                raise ValueError(
+                    f"solver state has shape {tuple(t.shape)}, expected {tuple(x_inj.shape)} + (rank,); "
+                    "the structure or the model changed since it was computed"
+                )
+        return tuple(solve.layout.pad(t.detach().to(x_inj.dtype)) for t in solve.solver_state)
 
 
 @registry.register_model("deq_equiformer_v2_backbone")
@@ -105,6 +126,11 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     `deq_stats` (per-structure tensors nstep, abs_residual, rel_residual, converged, finite,
     fallback; scalar nfe) and, in training with deq.n_states > 1, `deq_states`: the
     intermediate solver states as normed SO3_Embeddings for the fixed-point-correction loss.
+
+    With a solver whose state is reused between solves (deq.solver: broyden_reuse), in
+    evaluation: the optional batch attribute `initial_solver_state` (a tuple of tensors
+    [n_atoms, (lmax+1)^2, C, m], per atom like the fixed point; zeros: none) is where the
+    solver's own model starts, and the output gains `solver_state` (the same form, detached).
     """
 
     def __init__(
@@ -142,6 +168,10 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         # fairchem's block loop runs `num_layers` times: it calls the fixed-point layer once
         self.num_layers = 1
 
+    def set_solver(self, name: str, solver_kwargs: dict | None = None) -> None:
+        """E.g. set_solver("broyden_reuse", {"memory": 20}): the forward solver of every phase."""
+        self.deq_layer.solver.set_solver(name, solver_kwargs)
+
     def set_solver_settings(self, phase: str, **changes) -> None:
         """E.g. set_solver_settings("eval_warm", tol=1e-3): phases train/eval_cold/eval_warm."""
         if phase not in PHASES:
@@ -157,11 +187,15 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             raise NotImplementedError("graph parallelism is not supported by the DEQ backbone")
         if self.regress_forces and not self.direct_forces and not data.pos.requires_grad:
             data.pos.requires_grad_(True)  # forces = -dE/dpos: the graph must start here
-        with self.deq_layer.solving(data.natoms, getattr(data, "initial_guess", None)) as solve:
+        with self.deq_layer.solving(
+            data.natoms, getattr(data, "initial_guess", None), getattr(data, "initial_solver_state", None)
+        ) as solve:
             out = super().forward(data)
         layout, result = solve.layout, solve.result
         out["fixed_point"] = layout.unpad(result.fixed_point).detach()
         out["deq_stats"] = result.stats
+        if result.solver_state is not None:
+            out["solver_state"] = tuple(layout.unpad(t).detach() for t in result.solver_state)
         if self.training and len(result.states) > 1:
             out["deq_states"] = [self._normed(layout.unpad(s)) for s in result.states[:-1]]
         return out
@@ -189,6 +223,7 @@ def _scale_branch_outputs(blocks: nn.ModuleList, scale: float) -> None:
 class _Solve:
     layout: PaddedLayout
     initial_guess: torch.Tensor | None
+    solver_state: tuple[torch.Tensor, ...] | None = None  # per atom, trailing rank dim
     result: DEQSolveResult | None = None
 
 

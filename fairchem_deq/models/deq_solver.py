@@ -21,13 +21,22 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
   Every solve reports per structure `contraction` (that estimate of q) and
   `error_estimate` (the bound for the returned state); a caller may hand the contraction of
   a previous solve of the same structures back in (`forward(..., contraction=...)`) so that
-  a warm start judged after one evaluation does not rely on the default `error_q0`.
+  a warm start judged after one evaluation does not rely on the default `error_q0`;
+- solver-state reuse, for a registered solver with a reusable state (one with a
+  `state_type` attribute: "broyden_reuse", `broyden_reuse.py`): in evaluation a caller may
+  hand in each structure's state from its previous solve (`forward(..., solver_state=...)`,
+  per-row tensors, e.g. the secant pairs (S, Y) of Broyden's, each [B, *row, m]); the
+  solver builds the state object from them and passes it to the TorchDEQ solver (`state=`),
+  which updates it in place, so that it is current even when the early exit raised from
+  inside f; its per-row tensors come back in `DEQSolveResult.solver_state` (stats gain
+  `state_reused` and `state_dropped`: the solver's safeguard dropped a reused state). Other
+  solvers, and every training solve, never see a state.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -52,6 +61,9 @@ class DEQSolveResult:
     fixed_point: torch.Tensor  # [B, n_max, L, C], the solution (with autograd in training)
     states: list[torch.Tensor]  # solver states with gradients (training), last == fixed_point
     stats: dict[str, torch.Tensor]  # per-structure tensors of shape [B] (+ scalar "nfe")
+    # evaluation with a solver that has a reusable state: its per-row tensors (e.g. the
+    # secant pairs (S, Y) of "broyden_reuse", each [B, *row, m]); None otherwise
+    solver_state: tuple[torch.Tensor, ...] | None = None
 
 
 class _AllConverged(Exception):
@@ -212,11 +224,30 @@ class _TrackedFunction:
         }
 
 
+def solver_state_type(name: str):
+    """The state class of a registered solver whose state can be reused between solves
+    (its `state_type` attribute, e.g. BroydenState for "broyden_reuse"), else None."""
+    return getattr(get_solver(name), "state_type", None)
+
+
 class StructureDEQSolver(nn.Module):
     def __init__(self, options: DEQBackboneOptions):
         super().__init__()
         self.options = options
+        self._build_cores()
+
+        # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
+        self._implicit = backward_factory(
+            grad_type="ift",
+            b_solver=get_solver(options.b_solver),
+            b_solver_kwargs=dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode),
+        )
+        self.last_backward_stats: dict[str, torch.Tensor] = {}
+
+    def _build_cores(self) -> None:
+        options = self.options
         grad = options.grad
+        self.state_type = solver_state_type(options.solver)
         # TorchDEQ cores hold no parameters; as submodules they follow .train()/.eval()
         self.cores = nn.ModuleDict(
             {
@@ -242,14 +273,16 @@ class StructureDEQSolver(nn.Module):
                 )
             }
         )
+        self.cores.train(self.training)
 
-        # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
-        self._implicit = backward_factory(
-            grad_type="ift",
-            b_solver=get_solver(options.b_solver),
-            b_solver_kwargs=dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode),
-        )
-        self.last_backward_stats: dict[str, torch.Tensor] = {}
+    def set_solver(self, name: str, solver_kwargs: dict | None = None) -> None:
+        """Switches the forward solver (a name in TorchDEQ's registry) and its keyword
+        arguments (None: none; anderson's lam default applies) for every phase, e.g. after
+        loading a checkpoint. Phase settings are kept."""
+        self.options.solver = name
+        self.options.solver_kwargs = dict(solver_kwargs or {})
+        self.options.__post_init__()  # the same checks as a config's deq block
+        self._build_cores()
 
     def set_phase(self, phase: str, **changes) -> None:
         """Changes one phase's settings (max_iter, tol, stop_mode, error_q0, error_q_max)
@@ -269,14 +302,18 @@ class StructureDEQSolver(nn.Module):
         scope: SolveScope,
         track_inputs: bool = False,
         contraction: torch.Tensor | float | None = None,
+        solver_state: tuple[torch.Tensor, ...] | None = None,
     ) -> DEQSolveResult:
         """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
         the inputs of f, for derivatives such as forces = -dE/dpos. `contraction` (scalar or
         per structure [B]; NaN entries: unknown): estimates of f's contraction factor, e.g.
         stats["contraction"] of an earlier solve of the same structures, used by
-        stop_mode "error" until the solve has its own (before its second evaluation)."""
+        stop_mode "error" until the solve has its own (before its second evaluation).
+        `solver_state` (evaluation with a solver that has a reusable state, ignored
+        otherwise): per-row tensors of a previous solve's state (`result.solver_state`;
+        zero rows: none), where the solver's own model starts."""
         phase = "train" if self.training else ("eval_warm" if warm_started else "eval_cold")
-        result = self._solve(f, z0, phase, scope, contraction)
+        result = self._solve(f, z0, phase, scope, contraction, solver_state)
         ok = result.stats["converged"]
         if warm_started and not self.training and self.options.fallback_cold_start and not bool(ok.all()):
             result = self._retry_cold(f, result, scope, contraction)
@@ -300,9 +337,9 @@ class StructureDEQSolver(nn.Module):
 
         with torch.enable_grad():
             (z_out,) = self._implicit(None, untracked, result.fixed_point.detach(), writer=record)
-        return DEQSolveResult(z_out, [z_out], result.stats)
+        return replace(result, fixed_point=z_out, states=[z_out])
 
-    def _solve(self, f, z0, phase, scope, contraction=None) -> DEQSolveResult:
+    def _solve(self, f, z0, phase, scope, contraction=None, solver_state=None) -> DEQSolveResult:
         settings = self.options.phase(phase)
         evaluating = not self.training
         tracked = _TrackedFunction(
@@ -312,6 +349,12 @@ class StructureDEQSolver(nn.Module):
         # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
         # computed at construction, and a changed max_iter (set_phase) would be ignored
         kwargs = dict(self.options.solver_kwargs, f_max_iter=settings.max_iter)
+        # a reusable solver state (evaluation only): the solver updates this object in
+        # place, so it holds the latest model even if the early exit below ends the solve
+        state = None
+        if evaluating and self.state_type is not None:
+            state = self.state_type.from_rows(z0, solver_state, self.options.solver_kwargs)
+            kwargs["state"] = state
         try:
             states, _ = self.cores[f"phase_{phase}"](tracked, z0, solver_kwargs=kwargs)
         except _AllConverged:
@@ -320,23 +363,35 @@ class StructureDEQSolver(nn.Module):
         if evaluating:  # the lowest-residual evaluation, which the statistics describe
             states = [tracked.best]
         states = [s.reshape(z0.shape) for s in states]
-        return DEQSolveResult(states[-1], states, tracked.stats(states[-1]))
+        stats = tracked.stats(states[-1])
+        if state is None:
+            return DEQSolveResult(states[-1], states, stats)
+        stats["state_reused"] = state.reused | state.dropped  # started from a handed-in state
+        stats["state_dropped"] = state.dropped.clone()  # ... which the solver's safeguard dropped
+        return DEQSolveResult(states[-1], states, stats, state.columns(z0.shape[1:]))
 
     def _retry_cold(self, f, warm: DEQSolveResult, scope, contraction=None) -> DEQSolveResult:
         bad = ~warm.stats["converged"]
         z0 = torch.where(bad.view(-1, *([1] * (warm.fixed_point.dim() - 1))), 0.0, warm.fixed_point)
         z0 = torch.nan_to_num(z0.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-        retry = self._solve(f, z0, "eval_cold", scope, contraction)
+        # failed structures also restart the solver's own state (converged ones keep theirs)
+        state = None
+        if warm.solver_state is not None:
+            state = tuple(torch.where(bad.view(-1, *([1] * (t.dim() - 1))), 0.0, t) for t in warm.solver_state)
+        retry = self._solve(f, z0, "eval_cold", scope, contraction, state)
         stats = dict(retry.stats)
         stats["nstep"] = torch.where(bad, warm.stats["nfe"] + retry.stats["nstep"], warm.stats["nstep"])
         stats["fallback"] = bad
         stats["nfe"] = warm.stats["nfe"] + retry.stats["nfe"]
+        for key in ("state_reused", "state_dropped"):
+            if key in warm.stats:
+                stats[key] = warm.stats[key]
         logging.warning(
             "DEQ warm start failed for %d of %d structures; re-solved from zero",
             int(bad.sum()),
             len(bad),
         )
-        return DEQSolveResult(retry.fixed_point, retry.states, stats)
+        return DEQSolveResult(retry.fixed_point, retry.states, stats, retry.solver_state)
 
     def _check(self, result: DEQSolveResult, phase: str) -> None:
         stats = result.stats

@@ -11,6 +11,14 @@ species, in order) and a structure close to the one it was solved for (every ato
 `max_displacement` Å of its position then, under the minimum image for periodic cells).
 Anything else is refused, counted in `refused`, and the system starts a new history.
 
+Beside the newest fixed point an entry may hold the solver's own state from that solve
+(`solver_state`, for a solver whose own state is reused between solves, such as the
+secant pairs (S, Y) of "broyden_reuse", each [n_atoms, (lmax+1)^2, C, m]); it is handed out with the
+prediction (`InitialGuess.solver_state`), replaced by each store (a solve that returned
+none leaves none), dropped with the history (other atoms, a refused entry, eviction) and
+counted in the memory bound. `keep_solver_state=False` stores none (reuse of the fixed
+point only).
+
 Memory is bounded twice: by the number of systems and by bytes (`max_mb`); beyond either the
 least recently used system is evicted. Entries hold copies, never views, so a cached system
 does not pin the whole batch tensor it came from. Callers that know a system is finished
@@ -40,11 +48,15 @@ class InitialGuess:
     """Where a batch's solve starts: `z0` [n_atoms, (lmax+1)^2, C] holds each warm-started
     structure's predicted fixed point and zeros for the others (None: every structure starts
     cold); `warm` and `refused` [n_structures] say which structures got a cached prediction
-    and which had one that was refused (moved beyond the displacement bound)."""
+    and which had one that was refused (moved beyond the displacement bound).
+    `solver_state` (None: no structure has one): the warm structures' cached solver states,
+    per atom like z0 with a trailing rank dimension (zeros for the others; ranks padded
+    with zero columns in front, the oldest end)."""
 
     z0: torch.Tensor | None
     warm: torch.Tensor
     refused: torch.Tensor
+    solver_state: tuple[torch.Tensor, ...] | None = None
 
     @classmethod
     def cold(cls, num_structures: int) -> InitialGuess:
@@ -57,6 +69,8 @@ class CachedFixedPoint:
     history: FixedPointHistory  # fixed points [n_atoms, (lmax+1)^2, C], newest last
     atomic_numbers: torch.Tensor
     positions: torch.Tensor | None = None  # [n_atoms, 3] the newest fixed point was solved for
+    # the solver's state from the newest fixed point's solve (each [n_atoms, ..., m]), or None
+    solver_state: tuple[torch.Tensor, ...] | None = None
     nbytes: int = 0
 
     @property
@@ -94,6 +108,7 @@ class FixedPointCache:
         warm_start: str = "last",
         max_mb: float = 1024.0,
         max_displacement: float | None = DEFAULT_MAX_DISPLACEMENT,
+        keep_solver_state: bool = True,
     ):
         if max_systems < 1:
             raise ValueError(f"fixed-point cache size must be >= 1, got {max_systems}")
@@ -105,6 +120,7 @@ class FixedPointCache:
         self.max_bytes = int(max_mb * 2**20)
         self.max_displacement = max_displacement
         self.predictor = get_predictor(warm_start).name
+        self.keep_solver_state = bool(keep_solver_state)
         self._entries: OrderedDict[Hashable, CachedFixedPoint] = OrderedDict()
         self.nbytes = 0  # bytes of tensor storage held by the entries
         self.hits = 0
@@ -178,9 +194,12 @@ class FixedPointCache:
         fixed_point: torch.Tensor,
         atomic_numbers: torch.Tensor,
         positions: torch.Tensor | None = None,
+        solver_state: tuple[torch.Tensor, ...] | None = None,
     ) -> None:
         """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
-        the next frame). `positions` are those it was solved for (the reuse check)."""
+        the next frame). `positions` are those it was solved for (the reuse check);
+        `solver_state` the solver's state from that solve (replaces the entry's; zero
+        columns are not kept)."""
         entry = self._entries.get(key)
         if not _same_atoms(entry, atomic_numbers):
             self.evict(key)
@@ -189,6 +208,7 @@ class FixedPointCache:
             )
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
+        entry.solver_state = _state_copy(solver_state) if self.keep_solver_state else None
         self.nbytes -= entry.nbytes
         entry.nbytes = _entry_bytes(entry)
         self.nbytes += entry.nbytes
@@ -202,7 +222,7 @@ class FixedPointCache:
         batch's sids."""
         keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
-        parts, refused = [], []
+        parts, states, refused = [], [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
             entry, was_refused = self._lookup(
                 keys[i],
@@ -211,6 +231,7 @@ class FixedPointCache:
                 *_cell_pbc(batch, i),
             )
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
+            states.append(entry.solver_state if entry is not None else None)
             refused.append(was_refused)
         warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         refused = torch.tensor(refused, dtype=torch.bool)
@@ -223,9 +244,18 @@ class FixedPointCache:
                 for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
             ]
         )
-        return InitialGuess(z0, warm, refused)
+        sizes = [n for _, n in _atom_ranges(batch.natoms)]
+        return InitialGuess(z0, warm, refused, _batch_state(states, sizes))
 
-    def store(self, batch, fixed_point: torch.Tensor, keys: Sequence | None = None) -> None:
+    def store(
+        self,
+        batch,
+        fixed_point: torch.Tensor,
+        keys: Sequence | None = None,
+        solver_state: tuple[torch.Tensor, ...] | None = None,
+    ) -> None:
+        """Stores each structure's fixed point [n_atoms, ...] and, if given, its solver
+        state (tensors [n_atoms, ..., m], per atom like the fixed point)."""
         keys = _as_list(batch.sid) if keys is None else list(keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
@@ -235,11 +265,43 @@ class FixedPointCache:
                 fixed_point[start : start + n],
                 batch.atomic_numbers[start : start + n].long(),
                 batch.pos[start : start + n],
+                None if solver_state is None else tuple(t[start : start + n] for t in solver_state),
             )
 
 
+def _state_copy(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+    """A copy of one structure's solver state without its all-zero (unused) columns (the
+    last dimension), in order; None if it has no used column."""
+    if state is None:
+        return None
+    used = torch.stack([(t.detach() != 0).flatten(0, -2).any(dim=0) for t in state]).any(dim=0)
+    if not bool(used.any()):
+        return None
+    return tuple(t.detach()[..., used].clone() for t in state)
+
+
+def _batch_state(states: list, sizes: list[int]) -> tuple[torch.Tensor, ...] | None:
+    """Per-structure solver states (None: none) as batch tensors [n_atoms, ..., m], ranks
+    padded with zero columns in front (the oldest end) and zeros for structures without
+    one; None if no structure has one."""
+    template = next((s for s in states if s is not None), None)
+    if template is None:
+        return None
+    rank = max(s[0].shape[-1] for s in states if s is not None)
+    out = []
+    for k, t in enumerate(template):
+        parts = []
+        for state, n in zip(states, sizes):
+            part = t.new_zeros((n, *t.shape[1:-1], rank))
+            if state is not None:
+                part[..., rank - state[k].shape[-1] :] = state[k]
+            parts.append(part)
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
 def _entry_bytes(entry: CachedFixedPoint) -> int:
-    tensors = [*entry.history.points, entry.atomic_numbers]
+    tensors = [*entry.history.points, entry.atomic_numbers, *(entry.solver_state or ())]
     if entry.positions is not None:
         tensors.append(entry.positions)
     return sum(t.untyped_storage().nbytes() for t in tensors)

@@ -3,7 +3,9 @@ DEQCalculator share.
 
 Before the pass the cache predicts each structure's fixed point (the initial guess, handed
 to the backbone as the batch attribute `initial_guess`); after it the solved fixed points
-are stored. With `compare_cold` every warm-started batch is also solved from zero first
+are stored. With a solver whose own state is reused (deq.solver: broyden_reuse, evaluation
+only) the cached states travel the same way: batch attribute `initial_solver_state` in, the
+backbone output's `solver_state` stored beside the fixed points. With `compare_cold` every warm-started batch is also solved from zero first
 (the Markov check: does reuse change the answer?). The backbone's own output (fixed point,
 solver statistics, intermediate states) is not part of a hydra model's output, so it is
 captured with a forward hook for the duration of the pass.
@@ -23,7 +25,7 @@ from .cache import FixedPointCache, InitialGuess
 @dataclass
 class ReuseStep:
     outputs: dict  # what `forward(batch)` returned
-    solution: dict  # the backbone's output: fixed_point, deq_stats, graph, (deq_states)
+    solution: dict  # the backbone's output: fixed_point, deq_stats, graph, (deq_states, solver_state)
     guess: InitialGuess
     cold_outputs: dict | None = None  # compare_cold: the same batch solved from zero
     cold_solution: dict | None = None
@@ -61,24 +63,30 @@ def forward_with_reuse(
     (default: the batch's sids). `reuse` False: a cold pass that leaves the cache alone.
     `lockstep`: the batch holds every live system (a trajectory-ordered pass, a relaxation
     batch), so systems absent from it have ended and are dropped."""
-    if "initial_guess" in batch:
-        del batch.initial_guess
+    _forget_guess(batch)
     guess = cache.initial_guess(batch, keys) if reuse else InitialGuess.cold(len(batch.natoms))
     cold_outputs = cold_solution = None
     if guess.z0 is not None and compare_cold:
         cold_outputs, cold_solution = _run(forward, backbone, batch)
     if guess.z0 is not None:
         batch.initial_guess = guess.z0
+    if guess.solver_state is not None:
+        batch.initial_solver_state = guess.solver_state
     try:
         outputs, solution = _run(forward, backbone, batch)
     finally:
-        if "initial_guess" in batch:
-            del batch.initial_guess  # keep it out of anything that reads the batch later
+        _forget_guess(batch)  # keep it out of anything that reads the batch later
     if reuse:
-        cache.store(batch, solution["fixed_point"], keys)
+        cache.store(batch, solution["fixed_point"], keys, solver_state=solution.get("solver_state"))
         if lockstep:
             cache.keep_only(cache_keys(batch, keys))
     return ReuseStep(outputs, solution, guess, cold_outputs, cold_solution)
+
+
+def _forget_guess(batch) -> None:
+    for name in ("initial_guess", "initial_solver_state"):
+        if name in batch:
+            delattr(batch, name)
 
 
 def cache_keys(batch, keys: Sequence | None) -> list:

@@ -75,13 +75,17 @@ class DEQCalculator(OCPCalculator):
         warm_start: str = "last",
         compare_cold: bool = False,
         reuse_max_displacement: float | str | None = "checkpoint",
+        solver: str | None = None,
+        solver_kwargs: dict | None = None,
     ):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
         the predictor of the next fixed point from the previous calls' (each call is taken as
         the next frame of one trajectory). `reuse_max_displacement` (Å, None: no bound): a
         structure whose atoms moved further since the stored fixed point was solved starts
-        from zero; default: the checkpoint's `task.deq.reuse_max_displacement`."""
+        from zero; default: the checkpoint's `task.deq.reuse_max_displacement`. `solver`
+        (with `solver_kwargs`) replaces the checkpoint's deq.solver, e.g. "broyden_reuse",
+        whose inverse-Jacobian model is then reused beside the fixed point."""
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_deq_checkpoint(checkpoint_path)
         # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
@@ -101,6 +105,8 @@ class DEQCalculator(OCPCalculator):
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
         for phase in ("eval_cold", "eval_warm") if changes else ():
             self.model.backbone.set_solver_settings(phase, **changes)
+        if solver is not None:
+            self.model.backbone.set_solver(solver, solver_kwargs)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float] = {}
