@@ -220,7 +220,7 @@ class FixedPointCache:
         """Each structure's predicted fixed point (zeros = a cold start for misses and
         refusals), and which structures were warm-started or refused. `keys` default to the
         batch's sids."""
-        keys = _as_list(batch.sid) if keys is None else list(keys)
+        keys = batch_keys(batch, keys)
         fids = _fids(batch)
         parts, states, refused = [], [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
@@ -256,7 +256,7 @@ class FixedPointCache:
     ) -> None:
         """Stores each structure's fixed point [n_atoms, ...] and, if given, its solver
         state (tensors [n_atoms, ..., m], per atom like the fixed point)."""
-        keys = _as_list(batch.sid) if keys is None else list(keys)
+        keys = batch_keys(batch, keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
             self.put(
@@ -326,6 +326,11 @@ def _fids(batch) -> list | None:
 
 def _frame_id(fid) -> int | None:
     return None if fid is None or int(fid) < 0 else int(fid)
+
+
+def batch_keys(batch, keys: Sequence | None = None) -> list:
+    """The cache keys of a batch's structures: `keys` if given, else the batch's sids."""
+    return _as_list(batch.sid) if keys is None else list(keys)
 
 
 def _as_list(values) -> list:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import FixedPointCache, InitialGuess
+from .cache import FixedPointCache, InitialGuess, batch_keys
 
 
 @dataclass
@@ -79,7 +79,7 @@ def forward_with_reuse(
     if reuse:
         cache.store(batch, solution["fixed_point"], keys, solver_state=solution.get("solver_state"))
         if lockstep:
-            cache.keep_only(cache_keys(batch, keys))
+            cache.keep_only(batch_keys(batch, keys))
     return ReuseStep(outputs, solution, guess, cold_outputs, cold_solution)
 
 
@@ -87,12 +87,6 @@ def _forget_guess(batch) -> None:
     for name in ("initial_guess", "initial_solver_state"):
         if name in batch:
             delattr(batch, name)
-
-
-def cache_keys(batch, keys: Sequence | None) -> list:
-    if keys is not None:
-        return list(keys)
-    return batch.sid.tolist() if torch.is_tensor(batch.sid) else list(batch.sid)
 
 
 def force_deviation(forces: torch.Tensor, cold_forces: torch.Tensor, natoms: torch.Tensor) -> torch.Tensor:

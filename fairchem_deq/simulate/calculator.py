@@ -138,14 +138,12 @@ class DEQCalculator(OCPCalculator):
         self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
         self.last_solver_stats = _first_structure(step.solution["deq_stats"])
         if self.compare_cold:
-            self.last_solver_stats.update(_cold_comparison(step, batch, self.last_solver_stats))
+            self.last_solver_stats.update(self._cold_comparison(step, batch))
 
     def _physical(self, target: str, outputs: dict, batch) -> torch.Tensor:
         """A model output in physical units: fairchem's normaliser and element references,
         applied in float64 to the energy (offsets of thousands of eV)."""
-        value = outputs[target]
-        if not torch.is_tensor(value):
-            value = value[self.trainer.output_targets[target]["property"]]
+        value = self._target(target, outputs)
         value = value.double() if target == "energy" else value
         if target in self.trainer.normalizers:
             value = self.trainer.normalizers[target](value)
@@ -153,23 +151,22 @@ class DEQCalculator(OCPCalculator):
             value = self.trainer.elementrefs[target](value.reshape(-1), batch)
         return value
 
+    def _cold_comparison(self, step, batch) -> dict:
+        """nstep_cold / markov_dev of the call; a call that was solved from zero anyway is
+        its own cold solve."""
+        if step.cold_solution is None:
+            return {"nstep_cold": self.last_solver_stats["nstep"], "markov_dev": 0.0}
+        forces, cold = (self._target("forces", o) for o in (step.outputs, step.cold_outputs))
+        return {
+            "nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
+            "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item(),
+        }
+
+    def _target(self, target: str, outputs: dict) -> torch.Tensor:
+        """The tensor of `target` in hydra's outputs (a head may return a dict of properties)."""
+        value = outputs[target]
+        return value if torch.is_tensor(value) else value[self.trainer.output_targets[target]["property"]]
+
 
 def _first_structure(stats: dict) -> dict:
     return {k: (bool(v[0]) if v.dtype == torch.bool else v[0].item()) for k, v in stats.items() if v.dim() == 1}
-
-
-def _cold_comparison(step, batch, stats: dict) -> dict:
-    """nstep_cold / markov_dev of the call; a call that was solved from zero anyway is its
-    own cold solve."""
-    if step.cold_solution is None:
-        return {"nstep_cold": stats["nstep"], "markov_dev": 0.0}
-    forces, cold = (_forces(o) for o in (step.outputs, step.cold_outputs))
-    return {
-        "nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
-        "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item(),
-    }
-
-
-def _forces(outputs: dict) -> torch.Tensor:
-    value = outputs["forces"]
-    return value if torch.is_tensor(value) else value["forces"]

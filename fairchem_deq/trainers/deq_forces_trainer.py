@@ -26,6 +26,7 @@ from fairchem.core.models.equiformer_v2.trainers.forces_trainer import Equiforme
 
 from fairchem_deq.config_blocks import parse_options
 from fairchem_deq.reuse import ReuseOptions, ReuseStep, forward_with_reuse
+from fairchem_deq.reuse.cache import batch_keys
 
 from . import float64_outputs
 from .ddp_metrics import aggregate_over_ranks
@@ -138,7 +139,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
 
     def _cache_keys(self, batch) -> list:
         """Fixed-point cache keys: (sid, segment) in a trajectory-ordered pass, else sids."""
-        sids = batch.sid.tolist() if torch.is_tensor(batch.sid) else list(batch.sid)
+        sids = batch_keys(batch)
         if self._segments is None or "fid" not in batch:
             return sids
         return [self._segments.segment_key(sid, fid) for sid, fid in zip(sids, batch.fid.tolist())]
