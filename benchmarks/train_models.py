@@ -109,15 +109,15 @@ def config_path(name: str) -> str:
     return config if config.endswith(".yml") else f"configs/md17/ethanol/{config}.yml"
 
 
-def train_command(name: str, epochs: float, deq_grad: str | None) -> list[str]:
-    """The fairchem CLI command line of one benchmark training run (deq_grad None: the
-    config's own gradient rule)."""
-    args = [
+def fairchem_train(config: str, name: str) -> list[str]:
+    """fairchem's CLI training `config` (relative to the repository) as run `name` under RUNS
+    (checkpoints/<name>/, logs and results likewise), on the CPU."""
+    return [
         str(Path(sys.executable).parent / "fairchem"),
         "--mode",
         "train",
         "--config-yml",
-        str(REPO / config_path(name)),
+        str(REPO / config),
         "--cpu",
         "--run-dir",
         str(RUNS),
@@ -127,6 +127,14 @@ def train_command(name: str, epochs: float, deq_grad: str | None) -> list[str]:
         name,
         "--print-every",
         "5",
+    ]
+
+
+def train_command(name: str, epochs: float, deq_grad: str | None) -> list[str]:
+    """The fairchem CLI command line of one benchmark training run (deq_grad None: the
+    config's own gradient rule)."""
+    args = [
+        *fairchem_train(config_path(name), name),
         f"--dataset.train.src={LMDB / 'train'}",
         f"--dataset.val.src={LMDB / 'val'}",
         f"--dataset.test.src={LMDB / 'test'}",

@@ -120,6 +120,52 @@ def test_geometry_only_radial_functions_run_once_per_solve(monkeypatch):
     assert len(inner_calls) == len(inner)  # once per module, not once per iteration
 
 
+def test_edge_embeddings_and_wigner_slices_are_computed_once_per_solve(monkeypatch):
+    """The element embeddings of the edges and the sliced Wigner-D matrices depend only on
+    the geometry: looked up once per solve, not once per iteration, with outputs equal to
+    fairchem's per-call computation (a second structure gets its own)."""
+    from fairchem.core.models.equiformer_v2.so3 import CoefficientMappingModule
+    from torch import nn
+
+    lookups = []
+    original_embedding = nn.Embedding.forward
+    monkeypatch.setattr(
+        nn.Embedding, "forward", lambda self, x: lookups.append(id(self)) or original_embedding(self, x)
+    )
+    slices = []
+    original_idx = CoefficientMappingModule.coefficient_idx
+    monkeypatch.setattr(
+        CoefficientMappingModule,
+        "coefficient_idx",
+        lambda self, lmax, mmax: slices.append(1) or original_idx(self, lmax, mmax),
+    )
+    model = make_model(TIGHT_DEQ).eval()
+    inner = {id(m) for m in model.backbone.deq_layer.blocks.modules() if isinstance(m, nn.Embedding)}
+    assert len(inner) == 2  # the attention's source and target element embeddings
+    slices.clear()  # (building the model slices too)
+    with torch.no_grad():
+        torch.manual_seed(5)  # the random edge frames: the same in both passes
+        out = model.backbone(to_batch(ethanol_atoms([3])))
+        inner_lookups = [c for c in lookups if c in inner]
+        assert int(out["deq_stats"]["nfe"]) > 5
+        assert len(inner_lookups) == len(inner)
+        cached_slices = len(slices)
+        # the cached path gives fairchem's own results: the same solve with the cache off
+        reference = model.backbone.deq_layer.scope
+        z_cached = out["fixed_point"]
+        for m in reference.modules:
+            m.reset_solve_state(active=False)
+        reference.start_solve = lambda: None  # keep every per-solve module inert
+        reference.start_iteration = lambda: None
+        torch.manual_seed(5)
+        plain = model.backbone(to_batch(ethanol_atoms([3])))
+    # fairchem slices for rotate and rotate_inv in every evaluation of f; cached: once per solve
+    nfe = int(plain["deq_stats"]["nfe"])
+    assert cached_slices == 3  # the edge-degree embedding's rotate_inv, the solve's rotate and rotate_inv
+    assert len(slices) - cached_slices == 1 + 2 * nfe, (cached_slices, len(slices), nfe)
+    assert torch.allclose(z_cached, plain["fixed_point"], atol=1e-5, rtol=1e-4)
+
+
 def test_dropout_masks_are_held_across_iterations():
     deq = {"solver": "fixed_point_iter", "train": {"max_iter": 100, "tol": 1e-4, "stop_mode": "rel"}}
     model = make_model(deq, alpha_drop=0.3, drop_path_rate=0.3, proj_drop=0.3)

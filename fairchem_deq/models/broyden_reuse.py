@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 from torchdeq.solver import register_solver
-from torchdeq.solver.utils import batch_flatten, init_solver_info, solver_stat_from_info, update_state
+from torchdeq.solver.utils import batch_flatten, init_solver_info, solver_stat_from_info
 
 __all__ = ["DEFAULT_MEMORY", "BroydenState", "broyden_reuse_solver"]
 
@@ -113,14 +113,15 @@ class BroydenState:
 
     def add(self, s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> None:
         """Appends the pair (s, y) [B, D] of the `rows` [B] (bool) whose pair is usable
-        (finite, y != 0), overwriting their oldest once M are held."""
-        ok = rows & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1) & (y != 0).any(dim=1)
-        index = torch.nonzero(ok).flatten()
-        if len(index):
-            slot = self.count[index] % self.memory
-            self.ss[index, :, slot] = s[index]
-            self.ys[index, :, slot] = y[index]
-            self.count[index] += 1
+        (finite, y != 0), overwriting their oldest once M are held (no host synchronisation:
+        every row writes its slot, unusable rows write back what the slot held)."""
+        # one reduction each: a non-finite entry of s or y makes s.y non-finite
+        ok = rows & torch.isfinite((s * y).sum(dim=1)) & ((y * y).sum(dim=1) > 0)
+        slot = (self.count % self.memory)[:, None, None].expand(-1, s.shape[1], 1)
+        keep = ~ok[:, None, None]
+        for held, new in ((self.ss, s), (self.ys, y)):
+            held.scatter_(2, slot, torch.where(keep, held.gather(2, slot), new[..., None]))
+        self.count += ok.long()
 
     def drop(self, rows: torch.Tensor) -> None:
         """Forgets the pairs of `rows` [B] (bool); dropped handed-in pairs are marked."""
@@ -131,46 +132,52 @@ class BroydenState:
         self.reused &= ~rows
 
     def multisecant_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U, V) [B, D, M] with -I + U V^T = -I + (S + Y) Y^+, the model that maps every
+        """(U^T, V^T) [B, M, D] with -I + U V^T = -I + (S + Y) Y^+, the model that maps every
         held y to its s (pairs scaled to unit ||y||; Y^+ ignores directions below PINV_RTOL
         of the largest singular value; rows without pairs: zeros)."""
         scale = self.ys.norm(dim=1, keepdim=True)
         scale = torch.where(scale > 0, scale, 1.0)
         s, y = (self.ss / scale).double(), (self.ys / scale).double()
         y_pinv = torch.linalg.pinv(y, rtol=PINV_RTOL)  # [B, M, D]
-        return (s + y).to(self.ss.dtype), y_pinv.transpose(1, 2).to(self.ss.dtype)
+        return (s + y).transpose(1, 2).to(self.ss.dtype), y_pinv.to(self.ss.dtype)
 
 
 class _InverseJacobian:
-    """H = -I + U V^T per row, U and V [B, D, K] filled column by column."""
+    """H = -I + U V^T per row; the terms are stored transposed, us = U^T and vs = V^T
+    [B, K, D], filled row by row, so the terms in use are a contiguous slice and each
+    product is two batched matrix-vector products."""
 
     def __init__(self, us: torch.Tensor, vs: torch.Tensor, used: int):
         self.us, self.vs, self.used = us, vs, used
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """H x = -x + U (V^T x), x [B, D]."""
-        u, v = self.us[..., : self.used], self.vs[..., : self.used]
-        return -x + torch.einsum("bdk,bk->bd", u, torch.einsum("bdk,bd->bk", v, x))
+        if not self.used:
+            return -x
+        u, v = self.us[:, : self.used], self.vs[:, : self.used]
+        return torch.bmm(torch.bmm(v, x[..., None]).transpose(1, 2), u)[:, 0] - x
 
     def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
         """H^T x = -x + V (U^T x), x [B, D]."""
-        u, v = self.us[..., : self.used], self.vs[..., : self.used]
-        return -x + torch.einsum("bdk,bk->bd", v, torch.einsum("bdk,bd->bk", u, x))
+        if not self.used:
+            return -x
+        u, v = self.us[:, : self.used], self.vs[:, : self.used]
+        return torch.bmm(torch.bmm(u, x[..., None]).transpose(1, 2), v)[:, 0] - x
 
     def update(self, s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> None:
         """Good Broyden's secant update (H y = s afterwards) of the `rows` [B] (bool); a row
         whose update is undefined (s^T H y = 0, non-finite) keeps its model."""
         vt = self.rmatvec(s)
         u = (s - self.matvec(y)) / (vt * y).sum(dim=1, keepdim=True)
-        ok = (rows & torch.isfinite(u).all(dim=1) & torch.isfinite(vt).all(dim=1))[:, None]
-        self.us[..., self.used] = torch.where(ok, u, 0.0)
-        self.vs[..., self.used] = torch.where(ok, vt, 0.0)
+        ok = (rows & torch.isfinite((u + vt).sum(dim=1)))[:, None]  # NaN/inf in u or vt
+        self.us[:, self.used] = torch.where(ok, u, 0.0)
+        self.vs[:, self.used] = torch.where(ok, vt, 0.0)
         self.used += 1
 
     def reset(self, rows: torch.Tensor) -> None:
         """H = -I for `rows` [B] (bool)."""
-        self.us[rows] = 0.0
-        self.vs[rows] = 0.0
+        self.us[rows, : self.used] = 0.0
+        self.vs[rows, : self.used] = 0.0
 
 
 def broyden_reuse_solver(
@@ -210,33 +217,40 @@ def broyden_reuse_solver(
         raise ValueError(f"solver state is for rows of {tuple(state.ss.shape[:2])}, the solve has {(rows, dim)}")
 
     # the inverse-Jacobian model: the reused pairs' multisecant terms, then one term per step
-    us = x.new_zeros((rows, dim, state.memory + max_iter))
-    vs = x.new_zeros((rows, dim, state.memory + max_iter))
+    # (uninitialised: only the first `used` terms are ever read, and each is written first)
+    us = x.new_empty((rows, state.memory + max_iter, dim))
+    vs = x.new_empty((rows, state.memory + max_iter, dim))
     used = 0
     if bool(state.reused.any()):
-        us[..., : state.memory], vs[..., : state.memory] = state.multisecant_terms()
+        us[:, : state.memory], vs[:, : state.memory] = state.multisecant_terms()
         used = state.memory
     model = _InverseJacobian(us, vs, used)
 
     def g(z):
         return func(z.view_as(x0)).reshape_as(z) - z
 
+    # the lowest-residual state per row (by the stop_mode residual) and TorchDEQ's statistics
     trace, lowest, lowest_step = init_solver_info(rows, x0.device)
     indexing_list: list[torch.Tensor] = []
 
     def record(x, gx, nstep, lowest_x):
         abs_diff = gx.norm(dim=1)
         rel_diff = abs_diff / ((gx + x).norm(dim=1) + _EPS)
-        lowest_x = update_state(
-            lowest_x, x.view_as(x0), nstep, stop_mode, abs_diff, rel_diff, trace, lowest, lowest_step
-        )
+        trace["abs"].append(abs_diff)
+        trace["rel"].append(rel_diff)
+        metric = abs_diff if stop_mode == "abs" else rel_diff
+        better = metric < lowest[stop_mode]  # NaN: never better
+        lowest_x = torch.where(better[:, None], x, lowest_x)
+        for mode, value in (("abs", abs_diff), ("rel", rel_diff)):
+            lowest[mode] = torch.where(better, value, lowest[mode])
+            lowest_step[mode] = torch.where(better, nstep, lowest_step[mode])
         if indexing and nstep in indexing:
-            indexing_list.append(lowest_x)
-        return lowest_x, ~((abs_diff if stop_mode == "abs" else rel_diff) < tol)  # NaN: not met
+            indexing_list.append(lowest_x.view_as(x0))
+        return lowest_x, ~(metric < tol)  # NaN: not met
 
     gx = g(x)
     nstep = 1
-    lowest_x, active = record(x, gx, nstep, x0.detach().clone())
+    lowest_x, active = record(x, gx, nstep, x.detach().clone())
     residual = gx.norm(dim=1)
     while nstep < max_iter and bool(active.any()):
         keep = ~active[:, None]  # rows that met the tolerance stay where they are
@@ -262,6 +276,7 @@ def broyden_reuse_solver(
         lowest_x, unmet = record(x, gx, nstep, lowest_x)
         active &= unmet
 
+    lowest_x = lowest_x.view_as(x0)
     if indexing and not indexing_list:
         indexing_list.append(lowest_x)
     info = solver_stat_from_info(stop_mode, lowest, trace, lowest_step)

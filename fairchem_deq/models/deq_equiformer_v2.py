@@ -50,9 +50,10 @@ class DEQFixedPointLayer(nn.Module):
         natoms: torch.Tensor,
         initial_guess: torch.Tensor | None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
+        initial_adjoint: torch.Tensor | None = None,
     ):
         """The record of the one solve that runs inside this context."""
-        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state)
+        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state, initial_adjoint)
         try:
             yield self._solve
         finally:
@@ -64,12 +65,8 @@ class DEQFixedPointLayer(nn.Module):
             raise RuntimeError("DEQFixedPointLayer runs inside DEQEquiformerV2Backbone.forward (solving())")
         layout, guess = solve.layout, solve.initial_guess
         x_inj = x.embedding
-        if guess is not None and guess.shape != x_inj.shape:
-            raise ValueError(
-                f"initial guess has shape {tuple(guess.shape)}, expected "
-                f"{tuple(x_inj.shape)} ([n_atoms, (lmax+1)^2, sphere_channels]); the structure "
-                "or the model changed since it was computed"
-            )
+        if guess is not None:
+            _check_shape("initial guess", guess, x_inj)
 
         def f(z_rows: torch.Tensor) -> torch.Tensor:
             z = self.injection(layout.unpad(z_rows), x_inj)
@@ -95,9 +92,21 @@ class DEQFixedPointLayer(nn.Module):
             z0 = x_inj.new_zeros((layout.num_structures, layout.n_max, *x_inj.shape[1:]))
         # energy-gradient forces: z* must carry the positions' graph (edge distances)
         track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
+        adjoint_guess = None
+        if track and solve.initial_adjoint is not None:
+            _check_shape("initial adjoint", solve.initial_adjoint, x_inj)
+            adjoint_guess = layout.pad(solve.initial_adjoint.detach().to(x_inj.dtype))
         solve.result = self.solver(
-            f, z0, warm_started, self.scope, track_inputs=track, solver_state=self._padded_state(solve, x_inj)
+            f,
+            z0,
+            warm_started,
+            self.scope,
+            track_inputs=track,
+            solver_state=self._padded_state(solve, x_inj),
+            adjoint_guess=adjoint_guess,
         )
+        if solve.result.adjoint is not None:
+            solve.result.adjoint.unpad = layout.unpad
         out = SO3_Embedding(0, x.lmax_list.copy(), x.num_channels, x_inj.device, x_inj.dtype)
         out.set_embedding(layout.unpad(solve.result.fixed_point))
         return out
@@ -131,6 +140,11 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     evaluation: the optional batch attribute `initial_solver_state` (a tuple of tensors
     [n_atoms, (lmax+1)^2, C, m], per atom like the fixed point; zeros: none) is where the
     solver's own model starts, and the output gains `solver_state` (the same form, detached).
+
+    With energy-gradient forces (direct_forces: False) in evaluation, the optional batch
+    attribute `initial_adjoint` [n_atoms, (lmax+1)^2, C] is where the backward (adjoint)
+    solve starts, and the output gains `adjoint` (an `AdjointRecord`; `per_atom()` gives the
+    solution once the forces have been taken).
     """
 
     def __init__(
@@ -188,7 +202,10 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         if self.regress_forces and not self.direct_forces and not data.pos.requires_grad:
             data.pos.requires_grad_(True)  # forces = -dE/dpos: the graph must start here
         with self.deq_layer.solving(
-            data.natoms, getattr(data, "initial_guess", None), getattr(data, "initial_solver_state", None)
+            data.natoms,
+            getattr(data, "initial_guess", None),
+            getattr(data, "initial_solver_state", None),
+            getattr(data, "initial_adjoint", None),
         ) as solve:
             out = super().forward(data)
         layout, result = solve.layout, solve.result
@@ -196,6 +213,8 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         out["deq_stats"] = result.stats
         if result.solver_state is not None:
             out["solver_state"] = tuple(layout.unpad(t).detach() for t in result.solver_state)
+        if result.adjoint is not None:
+            out["adjoint"] = result.adjoint  # its solution exists once the forces were taken
         if self.training and len(result.states) > 1:
             out["deq_states"] = [self._normed(layout.unpad(s)) for s in result.states[:-1]]
         return out
@@ -224,7 +243,17 @@ class _Solve:
     layout: PaddedLayout
     initial_guess: torch.Tensor | None
     solver_state: tuple[torch.Tensor, ...] | None = None  # per atom, trailing rank dim
+    initial_adjoint: torch.Tensor | None = None  # per atom, like the fixed point
     result: DEQSolveResult | None = None
+
+
+def _check_shape(what: str, tensor: torch.Tensor, x_inj: torch.Tensor) -> None:
+    if tensor.shape != x_inj.shape:
+        raise ValueError(
+            f"{what} has shape {tuple(tensor.shape)}, expected "
+            f"{tuple(x_inj.shape)} ([n_atoms, (lmax+1)^2, sphere_channels]); the structure "
+            "or the model changed since it was computed"
+        )
 
 
 # ---- one solver row per structure ---------------------------------------------------

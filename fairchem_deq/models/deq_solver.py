@@ -41,9 +41,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 from torchdeq import get_deq
-from torchdeq.grad import backward_factory
 from torchdeq.solver import get_solver
 
+from .adjoint import AdjointRecord, attach_adjoint
 from .deq_options import DEQBackboneOptions, SolveSettings
 from .solve_scope import SolveScope
 
@@ -64,6 +64,9 @@ class DEQSolveResult:
     # evaluation with a solver that has a reusable state: its per-row tensors (e.g. the
     # secant pairs (S, Y) of "broyden_reuse", each [B, *row, m]); None otherwise
     solver_state: tuple[torch.Tensor, ...] | None = None
+    # evaluation with track_inputs: the backward (adjoint) solve's record, filled once the
+    # gradient has been taken
+    adjoint: AdjointRecord | None = None
 
 
 class _AllConverged(Exception):
@@ -137,10 +140,11 @@ class _TrackedFunction:
         self.abs_at_lowest = torch.full((rows,), float("inf"), device=device)
         self.rel_at_lowest = torch.full((rows,), float("inf"), device=device)
         self.best = z0.detach().clone() if keep_best else None
-        # contraction estimate: the previous evaluation and the newest secant ratios (NaN:
-        # none yet); the prior stands in until a ratio exists
-        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.ratios = torch.full((rows, _Q_WINDOW), float("nan"), device=device, dtype=z0.dtype)
+        # contraction estimate: copies of the newest _Q_WINDOW + 1 evaluations (z, f(z)),
+        # whose secant ratios are taken when the estimate is asked for (every evaluation
+        # under stop_mode "error", else once for the statistics); the prior stands in until
+        # a ratio exists
+        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
         prior = settings.error_q0 if prior is None else prior
         prior = torch.as_tensor(prior, dtype=torch.float32, device=device).reshape(-1).expand(rows)
         self.prior = torch.nan_to_num(prior, nan=settings.error_q0).clamp(0.0, settings.error_q_max)
@@ -182,22 +186,25 @@ class _TrackedFunction:
         return met
 
     def _update_contraction(self, z, fz) -> None:
-        """Secant ratio of this evaluation and the previous one (copies: solvers reuse their
-        buffers), appended to the window; a vanishing step (||dz|| ~ 0) gives no ratio."""
-        z, fz = z.detach().flatten(1), fz.detach().flatten(1)
-        if self.previous is not None:
-            z_prev, fz_prev = self.previous
+        """Keeps copies of this evaluation (solvers reuse their buffers) among the newest."""
+        self.recent = [*self.recent[-_Q_WINDOW:], (z.detach().flatten(1).clone(), fz.detach().flatten(1).clone())]
+
+    def secant_ratios(self) -> torch.Tensor:
+        """[rows, _Q_WINDOW] secant ratios of the newest evaluations, oldest first (NaN: none;
+        a vanishing step ||dz|| ~ 0 gives none)."""
+        ratios = [torch.full((self.shape[0],), float("nan"), device=self.lowest.device)] * _Q_WINDOW
+        for (z_prev, fz_prev), (z, fz) in zip(self.recent, self.recent[1:]):
             step = (z - z_prev).norm(dim=1)
             ratio = (fz - fz_prev).norm(dim=1) / step.clamp_min(_EPS)
             valid = (step > _EPS * (z.norm(dim=1) + 1.0)) & torch.isfinite(ratio)
-            ratio = torch.where(valid, ratio, float("nan"))
-            self.ratios = torch.cat([self.ratios[:, 1:], ratio[:, None].to(self.ratios.dtype)], dim=1)
-        self.previous = (z.clone(), fz.clone())
+            ratios.append(torch.where(valid, ratio.float(), float("nan")))
+        return torch.stack(ratios[-_Q_WINDOW:], dim=1)
 
     def contraction(self) -> torch.Tensor:
         """Per-structure estimate of f's contraction factor (see the class docstring)."""
-        known = ~torch.isnan(self.ratios)
-        newest = torch.where(known, self.ratios, -1.0).amax(dim=1)
+        ratios = self.secant_ratios()
+        known = ~torch.isnan(ratios)
+        newest = torch.where(known, ratios, -1.0).amax(dim=1)
         q = torch.where(known.any(dim=1), newest, self.prior)
         return q.clamp(0.0, self.settings.error_q_max)
 
@@ -237,12 +244,14 @@ class StructureDEQSolver(nn.Module):
         self._build_cores()
 
         # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
-        self._implicit = backward_factory(
-            grad_type="ift",
-            b_solver=get_solver(options.b_solver),
-            b_solver_kwargs=dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode),
-        )
-        self.last_backward_stats: dict[str, torch.Tensor] = {}
+        self._b_solver = get_solver(options.b_solver)
+        self._b_kwargs = dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode)
+        self.last_adjoint: AdjointRecord | None = None
+
+    @property
+    def last_backward_stats(self) -> dict[str, torch.Tensor]:
+        """TorchDEQ's statistics of the last adjoint solve (empty before one ran)."""
+        return self.last_adjoint.stats if self.last_adjoint is not None else {}
 
     def _build_cores(self) -> None:
         options = self.options
@@ -303,6 +312,7 @@ class StructureDEQSolver(nn.Module):
         track_inputs: bool = False,
         contraction: torch.Tensor | float | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
+        adjoint_guess: torch.Tensor | None = None,
     ) -> DEQSolveResult:
         """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
         the inputs of f, for derivatives such as forces = -dE/dpos. `contraction` (scalar or
@@ -311,7 +321,9 @@ class StructureDEQSolver(nn.Module):
         stop_mode "error" until the solve has its own (before its second evaluation).
         `solver_state` (evaluation with a solver that has a reusable state, ignored
         otherwise): per-row tensors of a previous solve's state (`result.solver_state`;
-        zero rows: none), where the solver's own model starts."""
+        zero rows: none), where the solver's own model starts. `adjoint_guess` (with
+        `track_inputs`; rows like z0, zeros: none): where the backward (adjoint) solve starts,
+        e.g. the previous step's `result.adjoint.solution`."""
         phase = "train" if self.training else ("eval_warm" if warm_started else "eval_cold")
         result = self._solve(f, z0, phase, scope, contraction, solver_state)
         ok = result.stats["converged"]
@@ -319,25 +331,25 @@ class StructureDEQSolver(nn.Module):
             result = self._retry_cold(f, result, scope, contraction)
         self._check(result, phase)
         if track_inputs and not self.training:
-            result = self._attach_implicit_gradient(f, result, scope)
+            result = self._attach_implicit_gradient(f, result, scope, adjoint_guess)
         return result
 
-    def _attach_implicit_gradient(self, f, result: DEQSolveResult, scope) -> DEQSolveResult:
+    def _attach_implicit_gradient(self, f, result: DEQSolveResult, scope, adjoint_guess=None) -> DEQSolveResult:
         """z_out = f(z*) (one more evaluation, with graph) whose backward solves the adjoint
-        fixed point g = J^T g + dL/dz_out to b_tol (TorchDEQ's IFT): the exact derivative of
-        z* with respect to f's inputs. Backward statistics land in `last_backward_stats`."""
-        self.last_backward_stats = {}
+        fixed point g = J^T g + dL/dz_out to b_tol (`fairchem_deq.models.adjoint`: TorchDEQ's
+        IFT, started from `adjoint_guess` when given): the exact derivative of z* with respect
+        to f's inputs. The record (statistics, solution) is `result.adjoint` and
+        `last_adjoint`, filled when the gradient is taken."""
+        record = AdjointRecord(adjoint_guess)
+        self.last_adjoint = record
 
         def untracked(z):
             scope.start_iteration()
             return f(z)
 
-        def record(info):
-            self.last_backward_stats = {k: v.detach() for k, v in info.items() if torch.is_tensor(v)}
-
         with torch.enable_grad():
-            (z_out,) = self._implicit(None, untracked, result.fixed_point.detach(), writer=record)
-        return replace(result, fixed_point=z_out, states=[z_out])
+            z_out = attach_adjoint(untracked, result.fixed_point, self._b_solver, self._b_kwargs, record)
+        return replace(result, fixed_point=z_out, states=[z_out], adjoint=record)
 
     def _solve(self, f, z0, phase, scope, contraction=None, solver_state=None) -> DEQSolveResult:
         settings = self.options.phase(phase)

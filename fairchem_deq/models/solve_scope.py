@@ -3,9 +3,11 @@
 Inside f(z, x) the same TransBlockV2 modules run once per solver iteration. Two things
 must not change between those iterations:
 
-- geometry-only quantities (the radial MLPs of the SO(2) convolutions depend only on edge
-  lengths and elements): computed on the first iteration and reused, so an iteration
-  costs less than an explicit block;
+- geometry-only quantities, computed on the first iteration and reused, so an iteration
+  costs less than an explicit block: the radial MLPs of the SO(2) convolutions and the
+  element embeddings of each edge's atoms feeding them (they depend only on edge lengths
+  and elements), and the Wigner-D matrices sliced (and, for the inverse rotation,
+  rescaled) to the coefficients a rotation uses (they depend only on the edge frames);
 - dropout masks (attention dropout, drop path, projection dropout): drawn once per solve
   and replayed, so f stays one fixed function and the fixed point exists ("variational"
   dropout in the DEQ literature).
@@ -23,6 +25,7 @@ from fairchem.core.models.equiformer_v2.drop import (
     GraphDropPath,
 )
 from fairchem.core.models.equiformer_v2.radial_function import RadialFunction
+from fairchem.core.models.equiformer_v2.so3 import SO3_Rotation
 from torch import nn
 
 
@@ -98,6 +101,46 @@ class SolveCachedRadialFunction(_CachedPerSolve, RadialFunction):
     pass
 
 
+class SolveCachedEmbedding(_CachedPerSolve, nn.Embedding):
+    """The element embeddings of the edges' source and target atoms (attention)."""
+
+
+class SolveCachedRotation(_SolveScoped, SO3_Rotation):
+    """fairchem's SO3_Rotation slices its Wigner-D matrices to the (lmax, mmax) coefficients
+    on every call (and rescales the inverse); within a solve the slices are kept per
+    (lmax, mmax). A new `set_wigner` (the next structure) drops them, in or out of a solve
+    (the backbone sets the edge frames, then embeds the edge degrees with them, before the
+    solve starts). fairchem detaches the matrices, so no gradient is lost."""
+
+    def reset_solve_state(self, active: bool) -> None:
+        super().reset_solve_state(active)
+        self._slices: dict = {}
+
+    def set_wigner(self, rot_mat3x3):
+        super().set_wigner(rot_mat3x3)
+        self._slices = {}
+
+    def rotate(self, embedding, out_lmax: int, out_mmax: int):
+        if not self.solve_active:
+            return super().rotate(embedding, out_lmax, out_mmax)
+        key = ("rotate", out_lmax, out_mmax)
+        wigner = self._slices.get(key)
+        if wigner is None:
+            wigner = self._slices[key] = self.wigner[:, self.mapping.coefficient_idx(out_lmax, out_mmax), :]
+        return torch.bmm(wigner, embedding)
+
+    def rotate_inv(self, embedding, in_lmax: int, in_mmax: int):
+        if not self.solve_active:
+            return super().rotate_inv(embedding, in_lmax, in_mmax)
+        key = ("rotate_inv", in_lmax, in_mmax)
+        wigner_inv = self._slices.get(key)
+        if wigner_inv is None:
+            wigner_inv = self.wigner_inv[:, :, self.mapping.coefficient_idx(in_lmax, in_mmax)]
+            wigner_inv = wigner_inv * self.mapping.get_rotate_inv_rescale(in_lmax, in_mmax)
+            self._slices[key] = wigner_inv
+        return torch.bmm(wigner_inv, embedding)
+
+
 class FrozenMaskDropout(_FrozenMaskPerSolve, nn.Dropout):
     pass
 
@@ -113,6 +156,8 @@ class FrozenMaskEquivariantDropout(_FrozenMaskPerSolve, EquivariantDropoutArrayS
 # fairchem class -> per-solve subclass; exact type match so subclasses are not mis-swapped
 _SCOPED_CLASSES: dict[type, type] = {
     RadialFunction: SolveCachedRadialFunction,
+    nn.Embedding: SolveCachedEmbedding,
+    SO3_Rotation: SolveCachedRotation,
     nn.Dropout: FrozenMaskDropout,
     GraphDropPath: FrozenMaskGraphDropPath,
     EquivariantDropoutArraySphericalHarmonics: FrozenMaskEquivariantDropout,

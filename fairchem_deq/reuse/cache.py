@@ -17,7 +17,9 @@ secant pairs (S, Y) of "broyden_reuse", each [n_atoms, (lmax+1)^2, C, m]); it is
 prediction (`InitialGuess.solver_state`), replaced by each store (a solve that returned
 none leaves none), dropped with the history (other atoms, a refused entry, eviction) and
 counted in the memory bound. `keep_solver_state=False` stores none (reuse of the fixed
-point only).
+point only). Likewise an entry may hold the adjoint of the newest solve's backward pass
+(`adjoint`, energy-gradient forces: per atom like the fixed point), where the next frame's
+backward solve starts (`InitialGuess.adjoint`).
 
 Memory is bounded twice: by the number of systems and by bytes (`max_mb`); beyond either the
 least recently used system is evicted. Entries hold copies, never views, so a cached system
@@ -57,6 +59,7 @@ class InitialGuess:
     warm: torch.Tensor
     refused: torch.Tensor
     solver_state: tuple[torch.Tensor, ...] | None = None
+    adjoint: torch.Tensor | None = None  # per atom like z0, zeros where none is cached
 
     @classmethod
     def cold(cls, num_structures: int) -> InitialGuess:
@@ -71,6 +74,7 @@ class CachedFixedPoint:
     positions: torch.Tensor | None = None  # [n_atoms, 3] the newest fixed point was solved for
     # the solver's state from the newest fixed point's solve (each [n_atoms, ..., m]), or None
     solver_state: tuple[torch.Tensor, ...] | None = None
+    adjoint: torch.Tensor | None = None  # the backward solve's adjoint for the newest fixed point
     nbytes: int = 0
 
     @property
@@ -195,11 +199,12 @@ class FixedPointCache:
         atomic_numbers: torch.Tensor,
         positions: torch.Tensor | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
+        adjoint: torch.Tensor | None = None,
     ) -> None:
         """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
         the next frame). `positions` are those it was solved for (the reuse check);
         `solver_state` the solver's state from that solve (replaces the entry's; zero
-        columns are not kept)."""
+        columns are not kept); `adjoint` that solve's backward adjoint (replaces the entry's)."""
         entry = self._entries.get(key)
         if not _same_atoms(entry, atomic_numbers):
             self.evict(key)
@@ -209,6 +214,7 @@ class FixedPointCache:
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
         entry.solver_state = _state_copy(solver_state) if self.keep_solver_state else None
+        entry.adjoint = None if adjoint is None else adjoint.detach().clone()
         self.nbytes -= entry.nbytes
         entry.nbytes = _entry_bytes(entry)
         self.nbytes += entry.nbytes
@@ -222,7 +228,7 @@ class FixedPointCache:
         batch's sids."""
         keys = batch_keys(batch, keys)
         fids = _fids(batch)
-        parts, states, refused = [], [], []
+        parts, states, adjoints, refused = [], [], [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
             entry, was_refused = self._lookup(
                 keys[i],
@@ -232,20 +238,16 @@ class FixedPointCache:
             )
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
             states.append(entry.solver_state if entry is not None else None)
+            adjoints.append(entry.adjoint if entry is not None else None)
             refused.append(was_refused)
         warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         refused = torch.tensor(refused, dtype=torch.bool)
         if not bool(warm.any()):
             return InitialGuess(None, warm, refused)
-        template = next(p for p in parts if p is not None)
-        z0 = torch.cat(
-            [
-                p if p is not None else template.new_zeros((n, *template.shape[1:]))
-                for p, (_, n) in zip(parts, _atom_ranges(batch.natoms))
-            ]
-        )
         sizes = [n for _, n in _atom_ranges(batch.natoms)]
-        return InitialGuess(z0, warm, refused, _batch_state(states, sizes))
+        return InitialGuess(
+            _batch_rows(parts, sizes), warm, refused, _batch_state(states, sizes), _batch_rows(adjoints, sizes)
+        )
 
     def store(
         self,
@@ -253,9 +255,11 @@ class FixedPointCache:
         fixed_point: torch.Tensor,
         keys: Sequence | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
+        adjoint: torch.Tensor | None = None,
     ) -> None:
         """Stores each structure's fixed point [n_atoms, ...] and, if given, its solver
-        state (tensors [n_atoms, ..., m], per atom like the fixed point)."""
+        state (tensors [n_atoms, ..., m], per atom like the fixed point) and its backward
+        adjoint (per atom like the fixed point)."""
         keys = batch_keys(batch, keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
@@ -266,6 +270,7 @@ class FixedPointCache:
                 batch.atomic_numbers[start : start + n].long(),
                 batch.pos[start : start + n],
                 None if solver_state is None else tuple(t[start : start + n] for t in solver_state),
+                None if adjoint is None else adjoint[start : start + n],
             )
 
 
@@ -278,6 +283,17 @@ def _state_copy(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, .
     if not bool(used.any()):
         return None
     return tuple(t.detach()[..., used].clone() for t in state)
+
+
+def _batch_rows(parts: list, sizes: list[int]) -> torch.Tensor | None:
+    """Per-structure tensors [n, ...] (None: none) as one batch tensor, zeros for the
+    structures without one; None if no structure has one."""
+    template = next((p for p in parts if p is not None), None)
+    if template is None:
+        return None
+    return torch.cat(
+        [p if p is not None else template.new_zeros((n, *template.shape[1:])) for p, n in zip(parts, sizes)]
+    )
 
 
 def _batch_state(states: list, sizes: list[int]) -> tuple[torch.Tensor, ...] | None:
@@ -302,8 +318,7 @@ def _batch_state(states: list, sizes: list[int]) -> tuple[torch.Tensor, ...] | N
 
 def _entry_bytes(entry: CachedFixedPoint) -> int:
     tensors = [*entry.history.points, entry.atomic_numbers, *(entry.solver_state or ())]
-    if entry.positions is not None:
-        tensors.append(entry.positions)
+    tensors += [t for t in (entry.positions, entry.adjoint) if t is not None]
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
 

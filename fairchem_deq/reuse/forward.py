@@ -5,7 +5,9 @@ Before the pass the cache predicts each structure's fixed point (the initial gue
 to the backbone as the batch attribute `initial_guess`); after it the solved fixed points
 are stored. With a solver whose own state is reused (deq.solver: broyden_reuse, evaluation
 only) the cached states travel the same way: batch attribute `initial_solver_state` in, the
-backbone output's `solver_state` stored beside the fixed points. With `compare_cold` every warm-started batch is also solved from zero first
+backbone output's `solver_state` stored beside the fixed points; with energy-gradient forces
+the backward solve's adjoint too (`initial_adjoint` in, the output's `adjoint` stored). With
+`compare_cold` every warm-started batch is also solved from zero first
 (the Markov check: does reuse change the answer?). The backbone's own output (fixed point,
 solver statistics, intermediate states) is not part of a hydra model's output, so it is
 captured with a forward hook for the duration of the pass.
@@ -72,19 +74,28 @@ def forward_with_reuse(
         batch.initial_guess = guess.z0
     if guess.solver_state is not None:
         batch.initial_solver_state = guess.solver_state
+    if guess.adjoint is not None:
+        batch.initial_adjoint = guess.adjoint
     try:
         outputs, solution = _run(forward, backbone, batch)
     finally:
         _forget_guess(batch)  # keep it out of anything that reads the batch later
     if reuse:
-        cache.store(batch, solution["fixed_point"], keys, solver_state=solution.get("solver_state"))
+        adjoint = solution.get("adjoint")
+        cache.store(
+            batch,
+            solution["fixed_point"],
+            keys,
+            solver_state=solution.get("solver_state"),
+            adjoint=None if adjoint is None else adjoint.per_atom(),
+        )
         if lockstep:
             cache.keep_only(batch_keys(batch, keys))
     return ReuseStep(outputs, solution, guess, cold_outputs, cold_solution)
 
 
 def _forget_guess(batch) -> None:
-    for name in ("initial_guess", "initial_solver_state"):
+    for name in ("initial_guess", "initial_solver_state", "initial_adjoint"):
         if name in batch:
             delattr(batch, name)
 

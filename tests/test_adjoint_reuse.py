@@ -1,0 +1,62 @@
+"""The backward (adjoint) solve of energy-gradient forces started from the previous step's
+adjoint (fairchem_deq.models.adjoint, cached by fairchem_deq.reuse): same forces, fewer
+backward iterations, dropped with the structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import ethanol_atoms, make_model, to_batch
+from test_conservative_forces import TIGHT, gradient_model
+
+from fairchem_deq.reuse import FixedPointCache, forward_with_reuse
+
+DEQ = {"eval_cold": TIGHT, "eval_warm": TIGHT, "b_tol": 1e-6, "b_stop_mode": "rel", "b_max_iter": 200, "grad": 6}
+
+
+def _step(model, cache, atoms, fid=0):
+    batch = to_batch([atoms])
+    batch.fid = torch.tensor([fid])
+    torch.manual_seed(1)  # the same random edge frame for every call
+    step = forward_with_reuse(model, model.backbone, batch, cache)
+    stats = model.backbone.deq_layer.solver.last_backward_stats
+    return step, step.outputs["forces"].detach().double().numpy(), int(stats["nstep"].max())
+
+
+def test_warm_adjoint_gives_the_cold_forces_in_fewer_backward_iterations():
+    model = gradient_model(DEQ).eval()
+    frames = ethanol_atoms([100, 101])
+    cache = FixedPointCache()
+    first, _, _ = _step(model, cache, frames[0], 0)
+    assert first.solution["adjoint"].per_atom() is not None
+    entry = cache.get(0, to_batch([frames[0]]).atomic_numbers.long())
+    assert entry.adjoint is not None and entry.adjoint.shape == entry.fixed_point.shape
+    warm, forces_warm, warm_iters = _step(model, cache, frames[1], 1)
+    assert warm.guess.adjoint is not None
+    _, forces_cold, cold_iters = _step(model, FixedPointCache(), frames[1], 1)
+    rel = np.linalg.norm(forces_warm - forces_cold) / np.linalg.norm(forces_cold)
+    assert rel < 1e-4, rel
+    print(f"backward iterations warm {warm_iters} cold {cold_iters}, force difference {rel:.2e}")
+    assert warm_iters < cold_iters, (warm_iters, cold_iters)
+
+
+def test_adjoint_is_dropped_with_the_structure():
+    model = gradient_model(DEQ).eval()
+    cache = FixedPointCache()
+    ethanol = ethanol_atoms([100])[0]
+    _step(model, cache, ethanol, 0)
+    smaller = ethanol[:-1]  # another structure under the same key
+    step, _, _ = _step(model, cache, smaller, 1)
+    assert step.guess.adjoint is None and not bool(step.guess.warm.any())
+    entry = cache.get(0, to_batch([smaller]).atomic_numbers.long())
+    assert entry.adjoint is not None and len(entry.adjoint) == len(smaller)
+
+
+def test_direct_force_models_store_no_adjoint():
+    model = make_model({}).eval()
+    cache = FixedPointCache()
+    batch = to_batch(ethanol_atoms([100]))
+    with torch.no_grad():
+        step = forward_with_reuse(model, model.backbone, batch, cache)
+    assert "adjoint" not in step.solution
+    assert cache.get(0, batch.atomic_numbers.long()).adjoint is None
