@@ -283,6 +283,11 @@ def main(argv=None):
         default=None,
         help="copy each run's checkpoint every this many CPU-minutes (learning curves)",
     )
+    parser.add_argument(
+        "--results-name",
+        default="training",
+        help="benchmarks/results/<name>.json that records the runs (runs of the same budget are merged)",
+    )
     args = parser.parse_args(argv)
     prepare_data()
     budget_cpu_s, max_wall_s = budget_of(args)
@@ -297,17 +302,25 @@ def main(argv=None):
         snapshot,
     )
     # read back only now: another train_models process may have finished meanwhile
-    previous = read_json("training")
+    previous = read_json(args.results_name)
     runs = previous["runs"] if previous and previous.get("budget_cpu_s_per_model") == budget_cpu_s else {}
     command = (
-        "python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s --models %s"
-        % (args.budget_minutes, args.threads, args.parallel, args.epochs, args.deq_grad, " ".join(args.models))
+        "python -m benchmarks.train_models --budget-minutes %g --threads %d --parallel %d --epochs %g --deq-grad %s --models %s --results-name %s"
+        % (
+            args.budget_minutes,
+            args.threads,
+            args.parallel,
+            args.epochs,
+            args.deq_grad,
+            " ".join(args.models),
+            args.results_name,
+        )
     )
     for run in new_runs.values():
         run["command"] = command
     runs.update(new_runs)
     write_json(
-        "training",
+        args.results_name,
         {
             "command": "see runs[*].command (runs of several invocations are merged)",
             "machine": machine(),

@@ -60,3 +60,23 @@ def test_direct_force_models_store_no_adjoint():
         step = forward_with_reuse(model, model.backbone, batch, cache)
     assert "adjoint" not in step.solution
     assert cache.get(0, batch.atomic_numbers.long()).adjoint is None
+
+
+def test_backward_settings_and_keep_adjoint():
+    import pytest
+
+    model = gradient_model(DEQ).eval()
+    frame = ethanol_atoms([100])[0]
+    _, tight, tight_iters = _step(model, FixedPointCache(), frame)
+    model.backbone.set_backward_settings(b_tol=1e-2)
+    _, loose, loose_iters = _step(model, FixedPointCache(), frame)
+    assert loose_iters < tight_iters
+    assert np.linalg.norm(loose - tight) / np.linalg.norm(tight) < 5e-2
+    with pytest.raises(ValueError, match="unknown backward settings"):
+        model.backbone.set_backward_settings(tol=1e-3)
+    with pytest.raises(ValueError, match="b_stop_mode"):
+        model.backbone.set_backward_settings(b_stop_mode="error")
+    assert model.backbone.deq_layer.solver.options.b_stop_mode == "rel"  # a refused change changes nothing
+    cache = FixedPointCache(keep_adjoint=False)
+    _step(model, cache, frame)
+    assert cache.get(0, to_batch([frame]).atomic_numbers.long()).adjoint is None

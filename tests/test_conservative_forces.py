@@ -181,6 +181,23 @@ def test_conservative_config_trains_through_fairchem_cli(ethanol_lmdb, tmp_path)
     slope = (normalised_energy(atoms.positions + h * v) - normalised_energy(atoms.positions - h * v)) / (2 * h)
     assert slope * rmsd == pytest.approx(-np.linalg.norm(forces), rel=0.02)
 
+    # along a trajectory the calculator starts each adjoint solve from the previous one
+    # (reuse_adjoint, default) or from zero; b_tol overrides the checkpoint's adjoint solve
+    frames = ethanol_atoms([100, 101])
+    iterations, results = {}, {}
+    for reuse_adjoint in (True, False):
+        calc = DEQCalculator(
+            checkpoint, tol=1e-5, max_iter=300, b_tol=1e-6, b_max_iter=400, reuse_adjoint=reuse_adjoint
+        )
+        for frame in frames:
+            calc.calculate(frame)
+        solver = calc.model.backbone.deq_layer.solver
+        assert solver.options.b_tol == 1e-6
+        iterations[reuse_adjoint] = int(solver.last_backward_stats["nstep"].max())
+        results[reuse_adjoint] = calc.results["forces"]
+    assert iterations[True] < iterations[False], iterations
+    np.testing.assert_allclose(results[True], results[False], atol=1e-4 * np.abs(results[False]).max())
+
 
 @pytest.mark.slow
 def test_fixed_point_correction_loss_with_energy_gradient_heads_and_a_final_checkpoint(ethanol_lmdb, tmp_path):

@@ -192,6 +192,11 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             raise ValueError(f"Unknown DEQ phase {phase!r}; choose one of {PHASES}")
         self.deq_layer.solver.set_phase(phase, **changes)
 
+    def set_backward_settings(self, **changes) -> None:
+        """E.g. set_backward_settings(b_tol=1e-2, b_stop_mode="rel"): the adjoint solve of
+        energy-gradient forces in evaluation."""
+        self.deq_layer.solver.set_backward(**changes)
+
     @property
     def deq_layer(self) -> DEQFixedPointLayer:
         return self.blocks[0]

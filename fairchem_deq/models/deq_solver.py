@@ -192,13 +192,17 @@ class _TrackedFunction:
     def secant_ratios(self) -> torch.Tensor:
         """[rows, _Q_WINDOW] secant ratios of the newest evaluations, oldest first (NaN: none;
         a vanishing step ||dz|| ~ 0 gives none)."""
-        ratios = [torch.full((self.shape[0],), float("nan"), device=self.lowest.device)] * _Q_WINDOW
-        for (z_prev, fz_prev), (z, fz) in zip(self.recent, self.recent[1:]):
-            step = (z - z_prev).norm(dim=1)
-            ratio = (fz - fz_prev).norm(dim=1) / step.clamp_min(_EPS)
-            valid = (step > _EPS * (z.norm(dim=1) + 1.0)) & torch.isfinite(ratio)
-            ratios.append(torch.where(valid, ratio.float(), float("nan")))
-        return torch.stack(ratios[-_Q_WINDOW:], dim=1)
+        rows = self.shape[0]
+        missing = _Q_WINDOW + 1 - len(self.recent)
+        if missing >= _Q_WINDOW:
+            return torch.full((rows, _Q_WINDOW), float("nan"), device=self.lowest.device)
+        z = torch.stack([z for z, _ in self.recent], dim=1)  # [rows, k, D]
+        fz = torch.stack([fz for _, fz in self.recent], dim=1)
+        step = z.diff(dim=1).norm(dim=2)
+        ratio = fz.diff(dim=1).norm(dim=2) / step.clamp_min(_EPS)
+        valid = (step > _EPS * (z[:, 1:].norm(dim=2) + 1.0)) & torch.isfinite(ratio)
+        ratio = torch.where(valid, ratio.float(), float("nan"))
+        return torch.nn.functional.pad(ratio, (missing, 0), value=float("nan"))
 
     def contraction(self) -> torch.Tensor:
         """Per-structure estimate of f's contraction factor (see the class docstring)."""
@@ -215,7 +219,8 @@ class _TrackedFunction:
 
     def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
-        error = self.error_estimate()
+        q = self.contraction()
+        error = _bound_factor(q) * self.rel_at_lowest  # error_estimate(), q computed once
         converged = (error if self.settings.stop_mode == "error" else self.lowest) < self.settings.tol
         finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
         return {
@@ -223,7 +228,7 @@ class _TrackedFunction:
             "abs_residual": self.abs_at_lowest,
             "rel_residual": self.rel_at_lowest,
             "error_estimate": error,
-            "contraction": self.contraction(),
+            "contraction": q,
             "converged": converged & finite,
             "finite": finite,
             "fallback": torch.zeros_like(converged),
@@ -245,8 +250,8 @@ class StructureDEQSolver(nn.Module):
 
         # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
         self._b_solver = get_solver(options.b_solver)
-        self._b_kwargs = dict(max_iter=options.b_max_iter, tol=options.b_tol, stop_mode=options.b_stop_mode)
         self.last_adjoint: AdjointRecord | None = None
+        self.set_backward()
 
     @property
     def last_backward_stats(self) -> dict[str, torch.Tensor]:
@@ -292,6 +297,19 @@ class StructureDEQSolver(nn.Module):
         self.options.solver_kwargs = dict(solver_kwargs or {})
         self.options.__post_init__()  # the same checks as a config's deq block
         self._build_cores()
+
+    def set_backward(self, **changes) -> None:
+        """Changes the evaluation's adjoint solve (energy-gradient forces): b_tol, b_max_iter,
+        b_stop_mode, as in the config's deq block."""
+        unknown = set(changes) - {"b_tol", "b_max_iter", "b_stop_mode"}
+        if unknown:
+            raise ValueError(f"unknown backward settings {sorted(unknown)}; use b_tol, b_max_iter, b_stop_mode")
+        replace(self.options, **changes)  # the same checks as a config's deq block, before any change
+        for key, value in changes.items():
+            setattr(self.options, key, value)
+        self._b_kwargs = dict(
+            max_iter=self.options.b_max_iter, tol=self.options.b_tol, stop_mode=self.options.b_stop_mode
+        )
 
     def set_phase(self, phase: str, **changes) -> None:
         """Changes one phase's settings (max_iter, tol, stop_mode, error_q0, error_q_max)

@@ -19,7 +19,7 @@ none leaves none), dropped with the history (other atoms, a refused entry, evict
 counted in the memory bound. `keep_solver_state=False` stores none (reuse of the fixed
 point only). Likewise an entry may hold the adjoint of the newest solve's backward pass
 (`adjoint`, energy-gradient forces: per atom like the fixed point), where the next frame's
-backward solve starts (`InitialGuess.adjoint`).
+backward solve starts (`InitialGuess.adjoint`); `keep_adjoint=False` stores none.
 
 Memory is bounded twice: by the number of systems and by bytes (`max_mb`); beyond either the
 least recently used system is evicted. Entries hold copies, never views, so a cached system
@@ -113,6 +113,7 @@ class FixedPointCache:
         max_mb: float = 1024.0,
         max_displacement: float | None = DEFAULT_MAX_DISPLACEMENT,
         keep_solver_state: bool = True,
+        keep_adjoint: bool = True,
     ):
         if max_systems < 1:
             raise ValueError(f"fixed-point cache size must be >= 1, got {max_systems}")
@@ -125,6 +126,7 @@ class FixedPointCache:
         self.max_displacement = max_displacement
         self.predictor = get_predictor(warm_start).name
         self.keep_solver_state = bool(keep_solver_state)
+        self.keep_adjoint = bool(keep_adjoint)
         self._entries: OrderedDict[Hashable, CachedFixedPoint] = OrderedDict()
         self.nbytes = 0  # bytes of tensor storage held by the entries
         self.hits = 0
@@ -214,7 +216,7 @@ class FixedPointCache:
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
         entry.solver_state = _state_copy(solver_state) if self.keep_solver_state else None
-        entry.adjoint = None if adjoint is None else adjoint.detach().clone()
+        entry.adjoint = adjoint.detach().clone() if adjoint is not None and self.keep_adjoint else None
         self.nbytes -= entry.nbytes
         entry.nbytes = _entry_bytes(entry)
         self.nbytes += entry.nbytes

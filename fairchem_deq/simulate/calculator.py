@@ -77,6 +77,9 @@ class DEQCalculator(OCPCalculator):
         reuse_max_displacement: float | str | None = "checkpoint",
         solver: str | None = None,
         solver_kwargs: dict | None = None,
+        b_tol: float | None = None,
+        b_max_iter: int | None = None,
+        reuse_adjoint: bool = True,
     ):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
@@ -85,7 +88,10 @@ class DEQCalculator(OCPCalculator):
         structure whose atoms moved further since the stored fixed point was solved starts
         from zero; default: the checkpoint's `task.deq.reuse_max_displacement`. `solver`
         (with `solver_kwargs`) replaces the checkpoint's deq.solver, e.g. "broyden_reuse",
-        whose inverse-Jacobian model is then reused beside the fixed point."""
+        whose inverse-Jacobian model is then reused beside the fixed point. With
+        energy-gradient forces, `b_tol`/`b_max_iter` override the checkpoint's adjoint solve
+        (relative or absolute as its deq.b_stop_mode) and `reuse_adjoint` starts each adjoint
+        solve from the previous call's adjoint (False: from zero)."""
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_deq_checkpoint(checkpoint_path)
         # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
@@ -100,6 +106,7 @@ class DEQCalculator(OCPCalculator):
             warm_start,
             options.cache_mb,
             options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement,
+            keep_adjoint=reuse_adjoint,
         )
         self.reuse, self.compare_cold = reuse, compare_cold
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
@@ -107,6 +114,9 @@ class DEQCalculator(OCPCalculator):
             self.model.backbone.set_solver_settings(phase, **changes)
         if solver is not None:
             self.model.backbone.set_solver(solver, solver_kwargs)
+        backward = {k: v for k, v in (("b_tol", b_tol), ("b_max_iter", b_max_iter)) if v is not None}
+        if backward:
+            self.model.backbone.set_backward_settings(**backward)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float] = {}
