@@ -44,6 +44,10 @@ def variants(args) -> dict:
         "EG, adjoint from zero": ("deq1_conservative", {"reuse_adjoint": False}),
         "EG, adjoint reused": ("deq1_conservative", {}),
         f"EG, adjoint reused, b_tol {args.loose_b_tol:g}": ("deq1_conservative", {"b_tol": args.loose_b_tol}),
+        f"EG, adjoint extrapolated (linear), b_tol {args.loose_b_tol:g}": (
+            "deq1_conservative",
+            {"b_tol": args.loose_b_tol, "warm_start": "linear"},
+        ),
         f"EG, tol {args.tight_tol:g}": ("deq1_conservative", {"tol": args.tight_tol, "max_iter": 200}),
     }
 

@@ -50,6 +50,9 @@ LABELS = {
     "deq1_conservative": "DEQ1 (energy-gradient forces)",
     "deq1_dens": "DEQ1 + DeNS",
     "deq1_nodens": "DEQ1 (no DeNS)",
+    "oc20_deq1": "DEQ1 (OC20)",
+    "oc20_eqv2_4l": "EquiformerV2-4 (OC20)",
+    "oc20_eqv2_8l": "EquiformerV2-8 (OC20)",
 }
 # run name -> configs/md17/ethanol/<config>.yml where they differ (benchmarks.dens_accuracy's
 # control is DEQ1 under its own run name, so it never touches the deq1 checkpoint)

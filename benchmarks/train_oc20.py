@@ -69,25 +69,25 @@ def test_systems() -> dict:
     return {k: v for k, v in info.items() if "sid" in k or "system" in k or "split" in k}
 
 
-def overrides(name: str, width: str, epochs: float) -> list[str]:
+def overrides(name: str, width: str, epochs: float, checkpoint_every: int = 10) -> list[str]:
     args = [
         *MODELS[name][1],
         "--optim.num_workers=0",
         f"--optim.max_epochs={epochs:g}",
         "--optim.eval_every=100000000",
-        "--optim.checkpoint_every=10",
+        f"--optim.checkpoint_every={checkpoint_every}",
     ]
     if width == "mini":
         args += [f"--model.backbone.{k}={v}" for k, v in MINI_WIDTH.items()]
     return args
 
 
-def train_command(name: str, width: str, epochs: float) -> list[str]:
+def train_command(name: str, width: str, epochs: float, checkpoint_every: int = 10) -> list[str]:
     return [
         *fairchem_train(MODELS[name][0], name),
         f"--dataset.train.src={OC20_LMDB / 'train'}",
         f"--dataset.val.src={OC20_LMDB / 'val'}",
-        *overrides(name, width, epochs),
+        *overrides(name, width, epochs, checkpoint_every),
     ]
 
 
@@ -97,16 +97,18 @@ def main(argv=None):
     parser.add_argument("--width", choices=("paper", "mini"), default="mini")
     parser.add_argument("--models", nargs="+", default=["oc20_deq1"], choices=list(MODELS))
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--checkpoint-every", type=int, default=10, help="optimiser steps between checkpoints")
     args = parser.parse_args(argv)
     prepare_oc20()
     budget_cpu_s, max_wall_s = budget_of(args)
     command = (
         f"python -m benchmarks.train_oc20 --budget-minutes {args.budget_minutes:g} --threads {args.threads} "
-        f"--epochs {args.epochs:g} --width {args.width} --parallel {args.parallel} --models {' '.join(args.models)}"
+        f"--epochs {args.epochs:g} --width {args.width} --parallel {args.parallel} "
+        f"--checkpoint-every {args.checkpoint_every} --models {' '.join(args.models)}"
     )
     new_runs = train_all(
         args.models,
-        lambda name: train_command(name, args.width, args.epochs),
+        lambda name: train_command(name, args.width, args.epochs, args.checkpoint_every),
         args.threads,
         args.parallel,
         budget_cpu_s,
@@ -117,7 +119,7 @@ def main(argv=None):
         run.update(
             command=command,
             config=MODELS[name][0],
-            overrides=overrides(name, args.width, args.epochs),
+            overrides=overrides(name, args.width, args.epochs, args.checkpoint_every),
             checkpoint=str(checkpoint(name).relative_to(REPO)),
         )
     runs.update(new_runs)
@@ -126,7 +128,7 @@ def main(argv=None):
         {
             "command": "see runs[*].command (runs of several invocations are merged)",
             "machine": machine(),
-            "data": {"trajectories": str(TRAJS), "split": "16 train / 2 val / 2 test systems", **test_systems()},
+            "data": {"trajectories": str(TRAJS), "systems": "16 train / 2 val / 2 test", **test_systems()},
             "runs": runs,
         },
     )

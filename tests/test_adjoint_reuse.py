@@ -80,3 +80,18 @@ def test_backward_settings_and_keep_adjoint():
     cache = FixedPointCache(keep_adjoint=False)
     _step(model, cache, frame)
     assert cache.get(0, to_batch([frame]).atomic_numbers.long()).adjoint is None
+
+
+def test_adjoint_history_is_extrapolated_like_the_fixed_points():
+    """With warm_start="linear" the next adjoint solve starts from 2 g(t-1) - g(t-2)."""
+    model = gradient_model(DEQ).eval()
+    frames = ethanol_atoms([100, 101, 102])
+    cache = FixedPointCache(warm_start="linear")
+    adjoints = []
+    for fid, frame in enumerate(frames[:2]):
+        step, _, _ = _step(model, cache, frame, fid)
+        adjoints.append(step.solution["adjoint"].per_atom())
+    step, _, _ = _step(model, cache, frames[2], 2)
+    torch.testing.assert_close(step.guess.adjoint, 2 * adjoints[1] - adjoints[0])
+    key_bytes = cache.nbytes
+    assert key_bytes >= sum(a.untyped_storage().nbytes() for a in adjoints)  # counted in the bound

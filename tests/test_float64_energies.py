@@ -71,6 +71,28 @@ def test_denorm_adds_mean_and_element_references_in_float64():
     np.testing.assert_array_equal(np.array(predictions["energy"])[:, 0], energy.numpy()[[2, 0, 1], 0])
 
 
+def test_calculator_adds_element_references(trained_checkpoint):
+    """Checkpoints trained on total energies (OC20 converted data) carry fitted element
+    references: the calculator adds their sum over the atoms (it passed a [1] energy where
+    fairchem's LinearReferences needs [n_structures, 1] and failed on every such checkpoint)."""
+    from fairchem.core.modules.normalization.element_references import LinearReferences
+
+    from fairchem_deq import DEQCalculator
+
+    atoms = ethanol_atoms([0])[0]
+    calc = DEQCalculator(trained_checkpoint, reuse=False)
+    atoms.calc = calc
+    plain = atoms.get_potential_energy()
+    refs = torch.zeros(119)
+    refs[[1, 6, 8]] = torch.tensor([-13.6, -1029.5, -2041.2])
+    calc.trainer.elementrefs["energy"] = LinearReferences(refs)
+    calc.reset()
+    with_refs = atoms.get_potential_energy()
+    expected = plain + float(refs.double()[atoms.numbers].sum())
+    assert with_refs == pytest.approx(expected, abs=1e-3)
+    assert atoms.get_forces().shape == (9, 3)
+
+
 @pytest.mark.slow
 def test_calculator_and_md_log_energies_are_float64(trained_checkpoint, tmp_path):
     from fairchem_deq import DEQCalculator, run_md

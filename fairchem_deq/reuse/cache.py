@@ -17,9 +17,10 @@ secant pairs (S, Y) of "broyden_reuse", each [n_atoms, (lmax+1)^2, C, m]); it is
 prediction (`InitialGuess.solver_state`), replaced by each store (a solve that returned
 none leaves none), dropped with the history (other atoms, a refused entry, eviction) and
 counted in the memory bound. `keep_solver_state=False` stores none (reuse of the fixed
-point only). Likewise an entry may hold the adjoint of the newest solve's backward pass
-(`adjoint`, energy-gradient forces: per atom like the fixed point), where the next frame's
-backward solve starts (`InitialGuess.adjoint`); `keep_adjoint=False` stores none.
+point only). Likewise an entry may hold the adjoints of the backward passes (`adjoints`, energy-gradient
+forces: per atom like the fixed points, a history with the same frame ids and predictor),
+whose prediction is where the next frame's backward solve starts (`InitialGuess.adjoint`);
+`keep_adjoint=False` stores none.
 
 Memory is bounded twice: by the number of systems and by bytes (`max_mb`); beyond either the
 least recently used system is evicted. Entries hold copies, never views, so a cached system
@@ -74,7 +75,8 @@ class CachedFixedPoint:
     positions: torch.Tensor | None = None  # [n_atoms, 3] the newest fixed point was solved for
     # the solver's state from the newest fixed point's solve (each [n_atoms, ..., m]), or None
     solver_state: tuple[torch.Tensor, ...] | None = None
-    adjoint: torch.Tensor | None = None  # the backward solve's adjoint for the newest fixed point
+    # the backward solves' adjoints beside the fixed points (same frame ids and predictor)
+    adjoints: FixedPointHistory | None = None
     nbytes: int = 0
 
     @property
@@ -84,6 +86,10 @@ class CachedFixedPoint:
     @property
     def fixed_point(self) -> torch.Tensor:
         return self.history.latest
+
+    @property
+    def adjoint(self) -> torch.Tensor | None:
+        return None if self.adjoints is None else self.adjoints.latest
 
 
 def _same_atoms(entry: CachedFixedPoint | None, atomic_numbers: torch.Tensor) -> bool:
@@ -216,7 +222,11 @@ class FixedPointCache:
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
         entry.solver_state = _state_copy(solver_state) if self.keep_solver_state else None
-        entry.adjoint = adjoint.detach().clone() if adjoint is not None and self.keep_adjoint else None
+        if adjoint is None or not self.keep_adjoint:
+            entry.adjoints = None
+        else:
+            entry.adjoints = entry.adjoints or FixedPointHistory(self.predictor)
+            entry.adjoints.push(adjoint.detach().clone(), _frame_id(fid))
         self.nbytes -= entry.nbytes
         entry.nbytes = _entry_bytes(entry)
         self.nbytes += entry.nbytes
@@ -240,7 +250,8 @@ class FixedPointCache:
             )
             parts.append(entry.history.predict(_frame_id(fids[i] if fids else None)) if entry is not None else None)
             states.append(entry.solver_state if entry is not None else None)
-            adjoints.append(entry.adjoint if entry is not None else None)
+            has_adjoint = entry is not None and entry.adjoints is not None
+            adjoints.append(entry.adjoints.predict(_frame_id(fids[i] if fids else None)) if has_adjoint else None)
             refused.append(was_refused)
         warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         refused = torch.tensor(refused, dtype=torch.bool)
@@ -320,7 +331,10 @@ def _batch_state(states: list, sizes: list[int]) -> tuple[torch.Tensor, ...] | N
 
 def _entry_bytes(entry: CachedFixedPoint) -> int:
     tensors = [*entry.history.points, entry.atomic_numbers, *(entry.solver_state or ())]
-    tensors += [t for t in (entry.positions, entry.adjoint) if t is not None]
+    if entry.adjoints is not None:
+        tensors += entry.adjoints.points
+    if entry.positions is not None:
+        tensors.append(entry.positions)
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
 

@@ -158,7 +158,10 @@ class DEQCalculator(OCPCalculator):
         if target in self.trainer.normalizers:
             value = self.trainer.normalizers[target](value)
         if target in self.trainer.elementrefs:
-            value = self.trainer.elementrefs[target](value.reshape(-1), batch)
+            # fairchem's LinearReferences add [n_atoms, 1] per-atom references by structure:
+            # the per-structure values go in as [n_structures, 1] (as fairchem's trainer has them)
+            refs = self.trainer.elementrefs[target]
+            value = refs(value.reshape(len(batch.natoms), -1), batch).reshape(value.shape)
         return value
 
     def _cold_comparison(self, step, batch) -> dict:
