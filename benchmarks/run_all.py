@@ -14,6 +14,9 @@
 9. benchmarks.dens_accuracy    DEQ1 with vs without DeNS at an equal budget
 10. benchmarks.reuse_displacement  per-atom displacements of MD steps, optimiser steps and
                                random frames against the fixed-point reuse bound
+11. benchmarks.train_oc20 (DEQ1, then EquiformerV2-4/8 for timing), benchmarks.step_speed,
+    benchmarks.oc20_relax_reuse    speed at safe/tight tolerances (ethanol, OC20 slab) and OC20
+                               relaxations with reuse vs cold
 Each writes benchmarks/results/<name>.json and .png. --quick shrinks the frame counts.
 """
 
@@ -28,8 +31,11 @@ from benchmarks import (
     extrapolation,
     iteration_cost,
     iterations,
+    oc20_relax_reuse,
     reuse_displacement,
+    step_speed,
     train_models,
+    train_oc20,
     training_memory,
     wallclock,
 )
@@ -56,6 +62,12 @@ def main(argv=None):
     if not args.skip_training:
         dens_accuracy.main(["--budget-minutes", str(args.budget_minutes), "--frames", str(50 if args.quick else 100)])
     reuse_displacement.main([])
+    if not args.skip_training:
+        train_oc20.main(["--budget-minutes", str(args.budget_minutes)])
+        baselines = ["--models", "oc20_eqv2_4l", "oc20_eqv2_8l"]
+        train_oc20.main(["--budget-minutes", "1", "--checkpoint-every", "1", "--parallel", "2", *baselines])
+    step_speed.main(["--frames", str(n + 20), "--oc20-frames", str(n)])
+    oc20_relax_reuse.main(["--steps", "30" if args.quick else "60", "--fmax", "0.01"])
 
 
 if __name__ == "__main__":
