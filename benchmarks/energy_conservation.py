@@ -44,10 +44,13 @@ def variants(args) -> dict:
         "EG, adjoint from zero": ("deq1_conservative", {"reuse_adjoint": False}),
         "EG, adjoint reused": ("deq1_conservative", {}),
         f"EG, adjoint reused, b_tol {args.loose_b_tol:g}": ("deq1_conservative", {"b_tol": args.loose_b_tol}),
-        f"EG, adjoint extrapolated (linear), b_tol {args.loose_b_tol:g}": (
-            "deq1_conservative",
-            {"b_tol": args.loose_b_tol, "warm_start": "linear"},
-        ),
+        **{
+            f"EG, adjoint extrapolated (linear), b_tol {b_tol:g}": (
+                "deq1_conservative",
+                {"b_tol": b_tol, "warm_start": "linear"},
+            )
+            for b_tol in (args.loose_b_tol, *args.extra_b_tols)
+        },
         f"EG, tol {args.tight_tol:g}": ("deq1_conservative", {"tol": args.tight_tol, "max_iter": 200}),
     }
 
@@ -155,6 +158,9 @@ def main(argv=None):
     parser.add_argument("--tight-tol", type=float, default=1e-4)
     parser.add_argument("--loose-b-tol", type=float, default=1e-2, help="relative b_tol of the loose adjoint variant")
     parser.add_argument(
+        "--extra-b-tols", type=float, nargs="*", default=[3e-2], help="more extrapolated-adjoint variants"
+    )
+    parser.add_argument(
         "--max-force",
         type=float,
         default=10.0,
@@ -179,13 +185,14 @@ def main(argv=None):
         "energy_conservation",
         {
             "command": "python -m benchmarks.energy_conservation --steps %d --timestep %g --temperature %g "
-            "--tight-tol %g --loose-b-tol %g --max-force %g --cost-frames %d --threads %d"
+            "--tight-tol %g --loose-b-tol %g --extra-b-tols %s --max-force %g --cost-frames %d --threads %d"
             % (
                 args.steps,
                 args.timestep,
                 args.temperature,
                 args.tight_tol,
                 args.loose_b_tol,
+                " ".join(f"{t:g}" for t in args.extra_b_tols),
                 args.max_force,
                 args.cost_frames,
                 args.threads,
