@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, save_figure, write_json
-from benchmarks.train_models import checkpoint, held_out_frames
+from benchmarks.train_models import checkpoint, deq_calculator, held_out_frames
 
 
 def variants(args) -> dict:
@@ -55,12 +55,6 @@ def variants(args) -> dict:
     }
 
 
-def calculator(name: str, kwargs: dict):
-    from fairchem_deq.simulate import DEQCalculator
-
-    return DEQCalculator(checkpoint(name), cpu=True, seed=0, **kwargs)
-
-
 def nve_runs(args) -> tuple[dict, dict]:
     """-> (report per run, MD log rows per run)."""
     from fairchem_deq.simulate import run_md
@@ -68,7 +62,7 @@ def nve_runs(args) -> tuple[dict, dict]:
     start = held_out_frames(1)[0]
     runs, rows = {}, {}
     for label, (name, kwargs) in variants(args).items():
-        calc = calculator(name, kwargs)
+        calc = deq_calculator(name, **kwargs)
         t0 = time.perf_counter()
         report = run_md(
             start,
@@ -113,10 +107,8 @@ def step_costs(args) -> dict:
     adjoint iterations per step, and the force error against exact energy-gradient forces
     (forward tol 1e-6, relative b_tol 1e-8: these match finite differences of the energy,
     tests/test_conservative_forces.py)."""
-    calcs = {label: calculator(name, kwargs) for label, (name, kwargs) in variants(args).items()}
-    exact = calculator(
-        "deq1_conservative", {"tol": 1e-6, "max_iter": 300, "b_tol": 1e-8, "b_max_iter": 500, "reuse": False}
-    )
+    calcs = {label: deq_calculator(name, **kwargs) for label, (name, kwargs) in variants(args).items()}
+    exact = deq_calculator("deq1_conservative", tol=1e-6, max_iter=300, b_tol=1e-8, b_max_iter=500, reuse=False)
     times, backward, errors = ({k: [] for k in calcs} for _ in range(3))
     for i, atoms in enumerate(held_out_frames(args.cost_frames + 2)):
         for label, calc in calcs.items():

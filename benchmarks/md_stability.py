@@ -24,7 +24,15 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from benchmarks.common import machine, read_json, save_figure, write_json
-from benchmarks.train_models import LABELS, N_TRAINVAL_FRAMES, WORK, checkpoint, ethanol_npz, held_out_frames
+from benchmarks.train_models import (
+    LABELS,
+    N_TRAINVAL_FRAMES,
+    WORK,
+    checkpoint,
+    deq_calculator,
+    ethanol_npz,
+    held_out_frames,
+)
 
 BINS = np.linspace(0.0, 5.0, 101)
 
@@ -39,9 +47,7 @@ def distance_histogram(positions: np.ndarray) -> np.ndarray:
 
 def _calculator(name: str):
     if name.startswith("deq"):
-        from fairchem_deq import DEQCalculator
-
-        return DEQCalculator(checkpoint(name), cpu=True, seed=0)
+        return deq_calculator(name)
     from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
     return OCPCalculator(checkpoint_path=checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0)

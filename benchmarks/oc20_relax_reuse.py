@@ -23,8 +23,8 @@ import time
 import torch
 
 from benchmarks.common import machine, save_figure, write_json
-from benchmarks.train_models import checkpoint
-from benchmarks.train_oc20 import OC20_LMDB, TRAJS
+from benchmarks.train_models import checkpoint, deq_calculator
+from benchmarks.train_oc20 import TRAJS, split_sids
 
 NAME = "oc20_deq1"
 
@@ -33,18 +33,18 @@ def initial_structures(splits=("test", "val")) -> dict:
     """sid -> (split, first frame of the system's DFT relaxation, with its FixAtoms)."""
     from ase.io import read
 
-    info = json.loads((OC20_LMDB / "conversion.json").read_text())
+    sids = split_sids()
     out = {}
     for split in splits:
-        for sid in info["split_sids"].get(split, []):
+        for sid in sids.get(split, []):
             out[str(sid)] = (split, read(TRAJS / f"random{sid}.traj", index=0))
     return out
 
 
 def relax(atoms, reuse: bool, args) -> dict:
-    from fairchem_deq.simulate import DEQCalculator, run_relaxation
+    from fairchem_deq.simulate import run_relaxation
 
-    calc = DEQCalculator(checkpoint(NAME), cpu=True, seed=0, reuse=reuse, tol=args.tol)
+    calc = deq_calculator(NAME, reuse=reuse, tol=args.tol)
     t0 = time.perf_counter()
     _, report = run_relaxation(atoms, calc, optimizer="lbfgs", fmax=args.fmax, steps=args.steps)
     wall = time.perf_counter() - t0

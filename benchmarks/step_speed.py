@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, read_json, save_figure, write_json
-from benchmarks.train_models import Trained, checkpoint, held_out_frames
+from benchmarks.train_models import Trained, checkpoint, deq_calculator, held_out_frames
 
 SAFE_MEAN, SAFE_MAX, TIGHT_MEAN = 0.01, 0.03, 0.003
 STATE = {"solver": "broyden_reuse", "solver_kwargs": {"memory": 20}}
@@ -62,14 +62,11 @@ SYSTEMS = {
 def oc20_frames(n: int, min_atoms: int = 100):
     """`n` consecutive frames of the held-out OC20 test system with the most atoms (>= min_atoms),
     else of the largest bundled system (recorded as not held out)."""
-    import json
-
     from ase.io import read
 
-    from benchmarks.train_oc20 import OC20_LMDB, TRAJS
+    from benchmarks.train_oc20 import TRAJS, split_sids
 
-    info = json.loads((OC20_LMDB / "conversion.json").read_text())
-    test_sids = {str(s) for s in info.get("split_sids", {}).get("test", [])}
+    test_sids = {str(s) for s in split_sids().get("test", [])}
     paths = sorted(TRAJS.glob("*.traj"))
     sizes = {p: len(read(p, index=0)) for p in paths}
     held_out = [p for p in paths if p.stem.removeprefix("random") in test_sids and sizes[p] >= min_atoms]
@@ -81,9 +78,7 @@ def oc20_frames(n: int, min_atoms: int = 100):
 
 
 def deq_calculators(name: str, settings: dict) -> dict:
-    from fairchem_deq.simulate import DEQCalculator
-
-    return {label: DEQCalculator(checkpoint(name), cpu=True, seed=0, **kw) for label, kw in settings.items()}
+    return {label: deq_calculator(name, **kw) for label, kw in settings.items()}
 
 
 def time_system(system: str, frames, settings: dict) -> dict:

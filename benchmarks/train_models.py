@@ -85,6 +85,13 @@ def checkpoint(name: str) -> Path:
     return RUNS / "checkpoints" / name / "checkpoint.pt"
 
 
+def deq_calculator(name: str, **kwargs):
+    """The DEQCalculator of run `name`'s checkpoint (CPU, seed 0); `kwargs` as DEQCalculator's."""
+    from fairchem_deq.simulate import DEQCalculator
+
+    return DEQCalculator(checkpoint(name), cpu=True, seed=0, **kwargs)
+
+
 def prepare_data() -> Path:
     """LMDB splits of frames 0..1799 (once)."""
     from fairchem_deq.data.convert import convert

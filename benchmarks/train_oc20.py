@@ -61,12 +61,21 @@ def prepare_oc20() -> Path:
     return OC20_LMDB
 
 
-def test_systems() -> dict:
-    """The conversion's record of which input files (systems) went to which split."""
+def conversion_info() -> dict:
+    """`fairchem-deq convert`'s record of the OC20 conversion (conversion.json)."""
     import json
 
-    info = json.loads((OC20_LMDB / "conversion.json").read_text())
-    return {k: v for k, v in info.items() if "sid" in k or "system" in k or "split" in k}
+    return json.loads((OC20_LMDB / "conversion.json").read_text())
+
+
+def split_sids() -> dict[str, list]:
+    """split name -> sids of the systems (input files) in it."""
+    return conversion_info().get("split_sids", {})
+
+
+def test_systems() -> dict:
+    """The conversion's record of which input files (systems) went to which split."""
+    return {k: v for k, v in conversion_info().items() if "sid" in k or "system" in k or "split" in k}
 
 
 def overrides(name: str, width: str, epochs: float, checkpoint_every: int = 10) -> list[str]:

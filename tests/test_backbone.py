@@ -180,6 +180,11 @@ def test_unknown_solver_is_a_clear_error():
         make_model({"solver": "newton"})
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['f_tol'\]"):
         make_model({"f_tol": 1e-3})
+    # switching solvers after construction: refused the same way, and nothing is changed
+    model = make_model({})
+    with pytest.raises(ValueError, match=r"Unknown DEQ solver 'newton'"):
+        model.backbone.set_solver("newton")
+    assert model.backbone.deq_options.solver == "anderson"
 
 
 @pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point_iter"])

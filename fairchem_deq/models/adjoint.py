@@ -29,10 +29,6 @@ class AdjointRecord:
     stats: dict = field(default_factory=dict)
     unpad: object = None  # rows -> per-atom tensor (the solve's layout), set by the owner
 
-    @property
-    def warm(self) -> bool:
-        return self.initial is not None
-
     def per_atom(self) -> torch.Tensor | None:
         """The solution per atom [n_atoms, ...] (None before the gradient was taken)."""
         if self.solution is None:

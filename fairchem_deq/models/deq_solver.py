@@ -212,15 +212,16 @@ class _TrackedFunction:
         q = torch.where(known.any(dim=1), newest, self.prior)
         return q.clamp(0.0, self.settings.error_q_max)
 
-    def error_estimate(self) -> torch.Tensor:
+    def error_estimate(self, q: torch.Tensor | None = None) -> torch.Tensor:
         """q/(1-q) x relative residual of the lowest-residual state: a bound on its relative
-        distance ||f(z_k) - z*|| / ||f(z_k)|| to the fixed point if f is a q-contraction."""
-        return _bound_factor(self.contraction()) * self.rel_at_lowest
+        distance ||f(z_k) - z*|| / ||f(z_k)|| to the fixed point if f is a q-contraction
+        (q: `contraction()` unless the caller has it already)."""
+        return _bound_factor(self.contraction() if q is None else q) * self.rel_at_lowest
 
     def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
         q = self.contraction()
-        error = _bound_factor(q) * self.rel_at_lowest  # error_estimate(), q computed once
+        error = self.error_estimate(q)
         converged = (error if self.settings.stop_mode == "error" else self.lowest) < self.settings.tol
         finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
         return {
@@ -293,10 +294,15 @@ class StructureDEQSolver(nn.Module):
         """Switches the forward solver (a name in TorchDEQ's registry) and its keyword
         arguments (None: none; anderson's lam default applies) for every phase, e.g. after
         loading a checkpoint. Phase settings are kept."""
-        self.options.solver = name
-        self.options.solver_kwargs = dict(solver_kwargs or {})
-        self.options.__post_init__()  # the same checks as a config's deq block
+        self._change_options(solver=name, solver_kwargs=dict(solver_kwargs or {}))
         self._build_cores()
+
+    def _change_options(self, **changes) -> None:
+        """Applies `changes` to the deq options after the checks of a config's deq block have
+        passed on them (a refused change leaves the options as they were)."""
+        replace(self.options, **changes)
+        for key, value in changes.items():
+            setattr(self.options, key, value)
 
     def set_backward(self, **changes) -> None:
         """Changes the evaluation's adjoint solve (energy-gradient forces): b_tol, b_max_iter,
@@ -304,9 +310,7 @@ class StructureDEQSolver(nn.Module):
         unknown = set(changes) - {"b_tol", "b_max_iter", "b_stop_mode"}
         if unknown:
             raise ValueError(f"unknown backward settings {sorted(unknown)}; use b_tol, b_max_iter, b_stop_mode")
-        replace(self.options, **changes)  # the same checks as a config's deq block, before any change
-        for key, value in changes.items():
-            setattr(self.options, key, value)
+        self._change_options(**changes)
         self._b_kwargs = dict(
             max_iter=self.options.b_max_iter, tol=self.options.b_tol, stop_mode=self.options.b_stop_mode
         )

@@ -120,25 +120,29 @@ class SolveCachedRotation(_SolveScoped, SO3_Rotation):
         super().set_wigner(rot_mat3x3)
         self._slices = {}
 
+    def _slice(self, key: tuple, make):
+        """The per-solve slice `key`, made by `make()` on its first use."""
+        value = self._slices.get(key)
+        if value is None:
+            value = self._slices[key] = make()
+        return value
+
     def rotate(self, embedding, out_lmax: int, out_mmax: int):
         if not self.solve_active:
             return super().rotate(embedding, out_lmax, out_mmax)
-        key = ("rotate", out_lmax, out_mmax)
-        wigner = self._slices.get(key)
-        if wigner is None:
-            wigner = self._slices[key] = self.wigner[:, self.mapping.coefficient_idx(out_lmax, out_mmax), :]
+        index = self.mapping.coefficient_idx
+        wigner = self._slice(("rotate", out_lmax, out_mmax), lambda: self.wigner[:, index(out_lmax, out_mmax), :])
         return torch.bmm(wigner, embedding)
 
     def rotate_inv(self, embedding, in_lmax: int, in_mmax: int):
         if not self.solve_active:
             return super().rotate_inv(embedding, in_lmax, in_mmax)
-        key = ("rotate_inv", in_lmax, in_mmax)
-        wigner_inv = self._slices.get(key)
-        if wigner_inv is None:
-            wigner_inv = self.wigner_inv[:, :, self.mapping.coefficient_idx(in_lmax, in_mmax)]
-            wigner_inv = wigner_inv * self.mapping.get_rotate_inv_rescale(in_lmax, in_mmax)
-            self._slices[key] = wigner_inv
-        return torch.bmm(wigner_inv, embedding)
+
+        def make():
+            rescale = self.mapping.get_rotate_inv_rescale(in_lmax, in_mmax)
+            return self.wigner_inv[:, :, self.mapping.coefficient_idx(in_lmax, in_mmax)] * rescale
+
+        return torch.bmm(self._slice(("rotate_inv", in_lmax, in_mmax), make), embedding)
 
 
 class FrozenMaskDropout(_FrozenMaskPerSolve, nn.Dropout):

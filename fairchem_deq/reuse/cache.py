@@ -225,7 +225,8 @@ class FixedPointCache:
         if adjoint is None or not self.keep_adjoint:
             entry.adjoints = None
         else:
-            entry.adjoints = entry.adjoints or FixedPointHistory(self.predictor)
+            if entry.adjoints is None:
+                entry.adjoints = FixedPointHistory(self.predictor)
             entry.adjoints.push(adjoint.detach().clone(), _frame_id(fid))
         self.nbytes -= entry.nbytes
         entry.nbytes = _entry_bytes(entry)
