@@ -1,7 +1,7 @@
 # Each target creates .venv/ on first use (scripts/setup_env.sh), then reuses it.
 PY := .venv/bin/python
 
-.PHONY: env lint test demo bench clean-env
+.PHONY: env lint test demo bench gpu-check clean-env
 
 env:
 	bash scripts/setup_env.sh
@@ -18,6 +18,11 @@ demo: env
 
 bench: env
 	$(PY) -m benchmarks.run_all
+
+# on a CUDA machine: the gpu-marked tests, float32 vs AMP solves, step cost at batch 1 and 32
+# (benchmarks/results/gpu_check.json); elsewhere it says CUDA is absent and exits 0
+gpu-check: env
+	$(PY) -m benchmarks.gpu_check
 
 clean-env:
 	rm -rf .venv

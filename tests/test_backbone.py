@@ -227,3 +227,17 @@ def test_warm_start_of_wrong_shape_is_rejected():
     batch.initial_guess = torch.zeros(5, 9, 16)
     with pytest.raises(ValueError, match="initial guess has shape"):
         model.backbone(batch)
+
+
+def test_switching_solver_keeps_the_block_defaults():
+    """set_solver goes through the deq block's checks AND its defaults: Anderson keeps
+    lam=1e-8 (TorchDEQ's absolute 1e-4 swamps the mixing at tight tolerances)."""
+    model = make_model(TIGHT_DEQ).eval()
+    batch = to_batch(ethanol_atoms([3]))
+    before = int(model.backbone(batch)["deq_stats"]["nstep"][0])
+    model.backbone.set_solver("broyden")
+    model.backbone.set_solver("anderson")
+    assert model.backbone.deq_options.solver_kwargs == {"lam": 1e-8}
+    assert int(model.backbone(to_batch(ethanol_atoms([3])))["deq_stats"]["nstep"][0]) == before
+    model.backbone.set_solver("anderson", {"m": 3, "lam": 1e-6})  # explicit kwargs win
+    assert model.backbone.deq_options.solver_kwargs == {"lam": 1e-6, "m": 3}

@@ -219,8 +219,9 @@ def test_every_distinct_model_builds_tiny_and_runs(loaded, registry, one_thread)
 
 
 # deq keys an include states although they equal the default: the paper's solver tolerances,
-# pinned per phase (a change of the defaults must not change the paper's models)
-PINNED_DEFAULTS = {"train", "eval_cold", "eval_warm"}
+# pinned per phase, and the gradient rule (a change of the defaults must not change the
+# shipped models)
+PINNED_DEFAULTS = {"train", "eval_cold", "eval_warm", "grad"}
 
 
 def test_includes_do_not_restate_deq_defaults():

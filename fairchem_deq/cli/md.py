@@ -60,19 +60,30 @@ def run(args: argparse.Namespace) -> int:
             min_distance=args.min_distance,
             progress=not args.no_progress,
             max_bond_stretch=args.max_bond_stretch,
+            on_step=_printer(args.print_every),
         )
         summary = report.to_dict()
         final = Path(args.out).absolute()
         summary["trajectory"], summary["log"] = str(final / "md.traj"), str(final / "md_log.csv")
         write_report(out, summary)
-    if args.print_every:
-        for row in report.rows[:: args.print_every]:
-            print(
-                f"step {row['step']:6d}  Etot {row['etot_eV']:.6f} eV  T {row['temperature_K']:7.1f} K  "
-                f"solver iterations {row['solver_iterations']}"
-            )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _printer(every: int):
+    """The MD step callback of --print-every N: prints every N-th step as it is computed."""
+    if not every:
+        return None
+
+    def print_row(row: dict) -> None:
+        if row["step"] % every == 0:
+            print(
+                f"step {row['step']:6d}  Etot {row['etot_eV']:.6f} eV  T {row['temperature_K']:7.1f} K  "
+                f"solver iterations {row['solver_iterations']}",
+                flush=True,
+            )
+
+    return print_row
 
 
 def main(argv: list[str] | None = None) -> int:

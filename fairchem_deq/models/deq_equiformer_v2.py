@@ -12,7 +12,6 @@ point, and applies its final norm.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from .deq_options import PHASES, DEQBackboneOptions
 from .deq_solver import DEQSolveResult, StructureDEQSolver
+from .injections import get_injection
 from .solve_scope import SolveScope, attach_solve_scope
 
 
@@ -51,9 +51,10 @@ class DEQFixedPointLayer(nn.Module):
         initial_guess: torch.Tensor | None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
         initial_adjoint: torch.Tensor | None = None,
+        contraction: torch.Tensor | None = None,
     ):
         """The record of the one solve that runs inside this context."""
-        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state, initial_adjoint)
+        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state, initial_adjoint, contraction)
         try:
             yield self._solve
         finally:
@@ -64,7 +65,8 @@ class DEQFixedPointLayer(nn.Module):
         if solve is None:
             raise RuntimeError("DEQFixedPointLayer runs inside DEQEquiformerV2Backbone.forward (solving())")
         layout, guess = solve.layout, solve.initial_guess
-        x_inj = x.embedding
+        # under autocast the embeddings may arrive in half precision: the solve is float32
+        x_inj = x.embedding.float() if x.embedding.dtype in (torch.float16, torch.bfloat16) else x.embedding
         if guess is not None:
             _check_shape("initial guess", guess, x_inj)
 
@@ -83,13 +85,13 @@ class DEQFixedPointLayer(nn.Module):
                 )
             return layout.pad(emb.embedding)
 
-        warm_started = guess is not None
-        if warm_started:
+        if guess is not None:
             z0 = layout.pad(guess.detach().to(x_inj.dtype))
-            # rows left at zero are cold starts: the batch then keeps the cold tolerance
-            warm_started = bool((z0.flatten(1) != 0).any(dim=1).all())
+            # rows left at zero are cold starts: each row keeps its own phase's settings
+            warm_started = (z0.flatten(1) != 0).any(dim=1)
         else:
             z0 = x_inj.new_zeros((layout.num_structures, layout.n_max, *x_inj.shape[1:]))
+            warm_started = False
         # energy-gradient forces: z* must carry the positions' graph (edge distances)
         track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
         adjoint_guess = None
@@ -102,6 +104,7 @@ class DEQFixedPointLayer(nn.Module):
             warm_started,
             self.scope,
             track_inputs=track,
+            contraction=solve.contraction,
             solver_state=self._padded_state(solve, x_inj),
             adjoint_guess=adjoint_guess,
         )
@@ -140,6 +143,10 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     evaluation: the optional batch attribute `initial_solver_state` (a tuple of tensors
     [n_atoms, (lmax+1)^2, C, m], per atom like the fixed point; zeros: none) is where the
     solver's own model starts, and the output gains `solver_state` (the same form, detached).
+
+    The optional batch attribute `initial_contraction` [n_structures] (NaN: unknown) hands
+    each structure's contraction estimate from its previous solve to the solver (the prior
+    of stop_mode "error" before the solve has two evaluations of its own).
 
     With energy-gradient forces (direct_forces: False) in evaluation, the optional batch
     attribute `initial_adjoint` [n_atoms, (lmax+1)^2, C] is where the backward (adjoint)
@@ -211,6 +218,7 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             getattr(data, "initial_guess", None),
             getattr(data, "initial_solver_state", None),
             getattr(data, "initial_adjoint", None),
+            getattr(data, "initial_contraction", None),
         ) as solve:
             out = super().forward(data)
         layout, result = solve.layout, solve.result
@@ -249,6 +257,7 @@ class _Solve:
     initial_guess: torch.Tensor | None
     solver_state: tuple[torch.Tensor, ...] | None = None  # per atom, trailing rank dim
     initial_adjoint: torch.Tensor | None = None  # per atom, like the fixed point
+    contraction: torch.Tensor | None = None  # [n_structures] earlier estimates of q (NaN: none)
     result: DEQSolveResult | None = None
 
 
@@ -297,36 +306,3 @@ class PaddedLayout:
             return rows.reshape(rows.shape[1:])
         flat = rows.reshape(self.num_structures * self.n_max, *rows.shape[2:])
         return flat.index_select(0, self.index)
-
-
-# ---- input injection: how x enters f(z, x) -----------------------------------------
-_EPS = 1e-8
-
-
-def norm_preserving_add(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(z + x) rescaled per atom to the norm of x: the paper's best injection.
-
-    The per-atom norm over all (l, m, channel) coefficients is rotation invariant, so the
-    rescaling keeps equivariance, and it keeps |z| bounded whatever the iterate does.
-    """
-    y = z + x
-    x_norm = x.norm(dim=(1, 2), keepdim=True)
-    return y * (x_norm / (y.norm(dim=(1, 2), keepdim=True) + _EPS))
-
-
-def add(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Plain sum z + x."""
-    return z + x
-
-
-INJECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "norm_add": norm_preserving_add,
-    "add": add,
-}
-
-
-def get_injection(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    try:
-        return INJECTIONS[name]
-    except KeyError:
-        raise ValueError(f"Unknown DEQ injection {name!r}; choose one of {sorted(INJECTIONS)}") from None

@@ -36,9 +36,11 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchdeq import get_deq
 from torchdeq.solver import get_solver
@@ -48,6 +50,7 @@ from .deq_options import DEQBackboneOptions, SolveSettings
 from .solve_scope import SolveScope
 
 _EPS = 1e-9
+_NEVER = 1e-300  # a tolerance TorchDEQ's own stop check never meets
 # the statistic each stop_mode tests against tol
 _REPORTED = {"rel": "rel_residual", "abs": "abs_residual", "error": "error_estimate"}
 
@@ -93,6 +96,34 @@ def _torchdeq_stop(phase: str, settings: SolveSettings) -> tuple[float, str]:
     return settings.tol * (1.0 - q_max) / q_max / 10.0, "rel"
 
 
+@dataclass
+class _RowRules:
+    """Each solver row's stop rule. A batch may mix warm-started structures (eval_warm
+    settings) with cold ones (eval_cold): every row is judged by its own phase's tolerance,
+    stop mode and contraction bounds; the solve runs to the larger iteration cap."""
+
+    tol: torch.Tensor  # [rows]
+    by_abs: torch.Tensor  # [rows] bool: stop_mode "abs"
+    by_error: torch.Tensor  # [rows] bool: stop_mode "error"
+    q0: torch.Tensor  # [rows] error_q0
+    q_max: torch.Tensor  # [rows] error_q_max
+    max_iter: int
+
+    @classmethod
+    def of(cls, rows: list[SolveSettings], device) -> _RowRules:
+        def column(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            tol=column([s.tol for s in rows]),
+            by_abs=column([s.stop_mode == "abs" for s in rows], torch.bool),
+            by_error=column([s.stop_mode == "error" for s in rows], torch.bool),
+            q0=column([s.error_q0 for s in rows]),
+            q_max=column([s.error_q_max for s in rows]),
+            max_iter=max(s.max_iter for s in rows),
+        )
+
+
 def _bound_factor(q: torch.Tensor) -> torch.Tensor:
     """q / (1 - q): ||f(z) - z*|| <= q/(1-q) ||f(z) - z|| for a q-contraction f."""
     return q / (1.0 - q)
@@ -124,13 +155,13 @@ class _TrackedFunction:
         self,
         f,
         z0: torch.Tensor,
-        settings: SolveSettings,
+        rules: _RowRules,
         scope: SolveScope,
         exit_early: bool = False,
         keep_best: bool = False,
         prior: torch.Tensor | float | None = None,
     ):
-        self.f, self.shape, self.settings, self.scope = f, z0.shape, settings, scope
+        self.f, self.shape, self.rules, self.scope = f, z0.shape, rules, scope
         self.exit_early = exit_early
         self.recording = True
         self.nfe = 0
@@ -145,9 +176,10 @@ class _TrackedFunction:
         # under stop_mode "error", else once for the statistics); the prior stands in until
         # a ratio exists
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
-        prior = settings.error_q0 if prior is None else prior
+        prior = rules.q0 if prior is None else prior
         prior = torch.as_tensor(prior, dtype=torch.float32, device=device).reshape(-1).expand(rows)
-        self.prior = torch.nan_to_num(prior, nan=settings.error_q0).clamp(0.0, settings.error_q_max)
+        prior = torch.where(torch.isnan(prior), rules.q0, prior)
+        self.prior = torch.minimum(prior.clamp_min(0.0), rules.q_max)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         self.scope.start_iteration()
@@ -164,8 +196,8 @@ class _TrackedFunction:
         diff = (fz - z).flatten(1).norm(dim=1)
         rel = diff / (fz.flatten(1).norm(dim=1) + _EPS)
         self._update_contraction(z, fz)
-        error_rule = self.settings.stop_mode == "error"
-        metric = diff if self.settings.stop_mode == "abs" else rel
+        rules = self.rules
+        metric = torch.where(rules.by_abs, diff, rel)
         better = metric < self.lowest  # False for NaN: a NaN step never becomes "best"
         self.lowest = torch.where(better, metric, self.lowest)
         self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
@@ -173,16 +205,18 @@ class _TrackedFunction:
         if self.best is not None:
             rows = better.view(-1, *([1] * (self.best.dim() - 1)))
             self.best = torch.where(rows, fz.detach().reshape(self.shape), self.best)
-        if error_rule:
-            met = self.error_estimate() < self.settings.tol  # of the best state, newest q
+        met = metric < rules.tol
+        newly = (self.first_converged == 0) & met
+        first = torch.where(newly, self.nfe, self.first_converged)
+        if bool(rules.by_error.any()):
+            met_error = self.error_estimate() < rules.tol  # of the best state, newest q
             # the rule must hold from nstep on: a grown q can undo an earlier convergence
-            self.first_converged = torch.where(
-                met, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0
+            first_error = torch.where(
+                met_error, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0
             )
-        else:
-            met = metric < self.settings.tol
-            newly = (self.first_converged == 0) & met
-            self.first_converged = torch.where(newly, self.nfe, self.first_converged)
+            met = torch.where(rules.by_error, met_error, met)
+            first = torch.where(rules.by_error, first_error, first)
+        self.first_converged = first
         return met
 
     def _update_contraction(self, z, fz) -> None:
@@ -210,7 +244,7 @@ class _TrackedFunction:
         known = ~torch.isnan(ratios)
         newest = torch.where(known, ratios, -1.0).amax(dim=1)
         q = torch.where(known.any(dim=1), newest, self.prior)
-        return q.clamp(0.0, self.settings.error_q_max)
+        return torch.minimum(q.clamp_min(0.0), self.rules.q_max)
 
     def error_estimate(self, q: torch.Tensor | None = None) -> torch.Tensor:
         """q/(1-q) x relative residual of the lowest-residual state: a bound on its relative
@@ -222,7 +256,7 @@ class _TrackedFunction:
         """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
         q = self.contraction()
         error = self.error_estimate(q)
-        converged = (error if self.settings.stop_mode == "error" else self.lowest) < self.settings.tol
+        converged = torch.where(self.rules.by_error, error, self.lowest) < self.rules.tol
         finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
         return {
             "nstep": torch.where(converged, self.first_converged, self.nfe),
@@ -235,6 +269,38 @@ class _TrackedFunction:
             "fallback": torch.zeros_like(converged),
             "nfe": torch.tensor(self.nfe, device=converged.device),
         }
+
+
+def float32_solver(f, device_type: str, f_under_autocast: bool = False):
+    """Mixed precision (fairchem's --amp autocasts `_forward`; a user may wrap a model in
+    autocast): the solve runs with autocast off, so its arithmetic (residuals, Anderson's
+    Gram matrix and mixing, Broyden's products, the tolerance test) is float32. In half
+    precision the Gram matrix of residual norms above ~256 overflows, and on the OC20 DEQ1
+    width a rel 1e-4 solve never converges (40 evaluations, float32: 12). f runs in float32
+    too unless `f_under_autocast` (deq.solve_under_autocast): then f keeps the caller's
+    autocast (faster blocks) and returns float32, but its rounding sets a residual floor
+    (measured on that width: float16 needs 29 evaluations to rel 1e-4, bfloat16 stalls at
+    7e-4). -> (f to hand the solver, the context the solve runs in)."""
+    if not torch.is_autocast_enabled(device_type):
+        return f, nullcontext()
+    if not f_under_autocast:
+        return f, torch.autocast(device_type, enabled=False)
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def f_autocast(z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=dtype):
+            return f(z).float()
+
+    return f_autocast, torch.autocast(device_type, enabled=False)
+
+
+def _on_any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """Whether `flag` (a bool tensor) is set on any DDP rank (itself outside DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    value = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value[0] > 0
 
 
 def solver_state_type(name: str):
@@ -285,6 +351,9 @@ class StructureDEQSolver(nn.Module):
                     ("train", options.train),
                     ("eval_cold", options.eval_cold),
                     ("eval_warm", options.eval_warm),
+                    # a batch of warm and cold rows: each row has its own rule, checked by the
+                    # tracker inside f; TorchDEQ's own check (tol 0) never ends the solve
+                    ("eval_mixed", replace(options.eval_cold, tol=_NEVER)),
                 )
             }
         )
@@ -300,9 +369,9 @@ class StructureDEQSolver(nn.Module):
     def _change_options(self, **changes) -> None:
         """Applies `changes` to the deq options after the checks of a config's deq block have
         passed on them (a refused change leaves the options as they were)."""
-        replace(self.options, **changes)
-        for key, value in changes.items():
-            setattr(self.options, key, value)
+        checked = replace(self.options, **changes)  # runs the block's checks and defaults
+        for key in changes:
+            setattr(self.options, key, getattr(checked, key))
 
     def set_backward(self, **changes) -> None:
         """Changes the evaluation's adjoint solve (energy-gradient forces): b_tol, b_max_iter,
@@ -329,14 +398,17 @@ class StructureDEQSolver(nn.Module):
         self,
         f,
         z0: torch.Tensor,
-        warm_started: bool,
+        warm_started: bool | torch.Tensor,
         scope: SolveScope,
         track_inputs: bool = False,
         contraction: torch.Tensor | float | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
         adjoint_guess: torch.Tensor | None = None,
     ) -> DEQSolveResult:
-        """`track_inputs` (evaluation only): return z* with an implicit-gradient graph to
+        """`warm_started` (bool, or per structure [B]): which rows start from a previous
+        fixed point; in evaluation each row is solved with its phase's settings (eval_warm or
+        eval_cold), and a warm row whose solve fails is redone from zero (fallback_cold_start).
+        `track_inputs` (evaluation only): return z* with an implicit-gradient graph to
         the inputs of f, for derivatives such as forces = -dE/dpos. `contraction` (scalar or
         per structure [B]; NaN entries: unknown): estimates of f's contraction factor, e.g.
         stats["contraction"] of an earlier solve of the same structures, used by
@@ -346,14 +418,18 @@ class StructureDEQSolver(nn.Module):
         zero rows: none), where the solver's own model starts. `adjoint_guess` (with
         `track_inputs`; rows like z0, zeros: none): where the backward (adjoint) solve starts,
         e.g. the previous step's `result.adjoint.solution`."""
-        phase = "train" if self.training else ("eval_warm" if warm_started else "eval_cold")
-        result = self._solve(f, z0, phase, scope, contraction, solver_state)
-        ok = result.stats["converged"]
-        if warm_started and not self.training and self.options.fallback_cold_start and not bool(ok.all()):
-            result = self._retry_cold(f, result, scope, contraction)
-        self._check(result, phase)
-        if track_inputs and not self.training:
-            result = self._attach_implicit_gradient(f, result, scope, adjoint_guess)
+        warm = torch.as_tensor(warm_started, dtype=torch.bool).reshape(-1).expand(z0.shape[0]).cpu()
+        phase = self._phase(warm)
+        f, solver_precision = float32_solver(f, z0.device.type, self.options.solve_under_autocast)
+        with solver_precision:
+            result = self._solve(f, z0, phase, scope, contraction, solver_state, warm)
+            if not self.training and self.options.fallback_cold_start:
+                failed = warm.to(z0.device) & ~result.stats["converged"]
+                if bool(failed.any()):
+                    result = self._retry_cold(f, result, scope, failed, contraction)
+            self._check(result, phase)
+            if track_inputs and not self.training:
+                result = self._attach_implicit_gradient(f, result, scope, adjoint_guess)
         return result
 
     def _attach_implicit_gradient(self, f, result: DEQSolveResult, scope, adjoint_guess=None) -> DEQSolveResult:
@@ -373,16 +449,29 @@ class StructureDEQSolver(nn.Module):
             z_out = attach_adjoint(untracked, result.fixed_point, self._b_solver, self._b_kwargs, record)
         return replace(result, fixed_point=z_out, states=[z_out], adjoint=record)
 
-    def _solve(self, f, z0, phase, scope, contraction=None, solver_state=None) -> DEQSolveResult:
-        settings = self.options.phase(phase)
+    def _phase(self, warm: torch.Tensor) -> str:
+        """The solve's phase: train, eval_warm / eval_cold (every row alike) or eval_mixed."""
+        if self.training:
+            return "train"
+        if bool(warm.all()):
+            return "eval_warm"
+        return "eval_mixed" if bool(warm.any()) else "eval_cold"
+
+    def _rules(self, phase: str, warm: torch.Tensor, device) -> _RowRules:
+        if phase != "eval_mixed":
+            return _RowRules.of([self.options.phase(phase)] * len(warm), device)
+        cold, hot = self.options.eval_cold, self.options.eval_warm
+        return _RowRules.of([hot if w else cold for w in warm.tolist()], device)
+
+    def _solve(self, f, z0, phase, scope, contraction=None, solver_state=None, warm=None) -> DEQSolveResult:
+        warm = torch.zeros(z0.shape[0], dtype=torch.bool) if warm is None else warm
+        rules = self._rules(phase, warm, z0.device)
         evaluating = not self.training
-        tracked = _TrackedFunction(
-            f, z0, settings, scope, exit_early=evaluating, keep_best=evaluating, prior=contraction
-        )
+        tracked = _TrackedFunction(f, z0, rules, scope, exit_early=evaluating, keep_best=evaluating, prior=contraction)
         scope.start_solve()
         # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
         # computed at construction, and a changed max_iter (set_phase) would be ignored
-        kwargs = dict(self.options.solver_kwargs, f_max_iter=settings.max_iter)
+        kwargs = dict(self.options.solver_kwargs, f_max_iter=rules.max_iter)
         # a reusable solver state (evaluation only): the solver updates this object in
         # place, so it holds the latest model even if the early exit below ends the solve
         state = None
@@ -404,8 +493,9 @@ class StructureDEQSolver(nn.Module):
         stats["state_dropped"] = state.dropped.clone()  # ... which the solver's safeguard dropped
         return DEQSolveResult(states[-1], states, stats, state.columns(z0.shape[1:]))
 
-    def _retry_cold(self, f, warm: DEQSolveResult, scope, contraction=None) -> DEQSolveResult:
-        bad = ~warm.stats["converged"]
+    def _retry_cold(self, f, warm: DEQSolveResult, scope, bad: torch.Tensor, contraction=None) -> DEQSolveResult:
+        """Re-solves the rows `bad` (warm starts that failed) from zero with the eval_cold
+        settings; the other rows start from their solution."""
         z0 = torch.where(bad.view(-1, *([1] * (warm.fixed_point.dim() - 1))), 0.0, warm.fixed_point)
         z0 = torch.nan_to_num(z0.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         # failed structures also restart the solver's own state (converged ones keep theirs)
@@ -430,11 +520,18 @@ class StructureDEQSolver(nn.Module):
     def _check(self, result: DEQSolveResult, phase: str) -> None:
         stats = result.stats
         bad_finite = ~stats["finite"]
-        if bool(bad_finite.any()):
+        diverged_here = bad_finite.any()
+        diverged = diverged_here
+        if self.training and self.options.on_diverge == "raise":
+            # DDP training runs in lockstep: one rank raising alone would leave the others
+            # waiting in the gradient all-reduce forever, so every rank raises together
+            diverged = _on_any_rank(diverged_here)
+        if bool(diverged):
             idx = torch.nonzero(bad_finite).flatten().tolist()
+            where = f"structure(s) {idx} of the batch" if bool(diverged_here) else "a batch of another DDP rank"
             msg = (
                 f"DEQ solve ({phase}, solver {self.options.solver}) diverged: non-finite fixed "
-                f"point for structure(s) {idx} of the batch. Lower the learning rate, use a "
+                f"point for {where}. Lower the learning rate, use a "
                 f"smaller tolerance/iteration cap, or set deq.on_diverge: warn to continue."
             )
             if self.options.on_diverge == "raise":
@@ -442,7 +539,7 @@ class StructureDEQSolver(nn.Module):
             logging.warning(msg)
         elif not self.training and not bool(stats["converged"].all()):
             n_bad = int((~stats["converged"]).sum())
-            settings = self.options.phase(phase)
+            settings = self.options.phase("eval_cold" if phase == "eval_mixed" else phase)
             logging.warning(
                 "DEQ solve (%s) did not reach tol %.1e (%s) within %d iterations for %d of %d "
                 "structures (worst %s %.3e)",

@@ -61,6 +61,9 @@ class InitialGuess:
     refused: torch.Tensor
     solver_state: tuple[torch.Tensor, ...] | None = None
     adjoint: torch.Tensor | None = None  # per atom like z0, zeros where none is cached
+    # [n_structures] the contraction factor each warm structure's last solve estimated (NaN:
+    # none), the prior of the "error" stop rule before the new solve measures its own
+    contraction: torch.Tensor | None = None
 
     @classmethod
     def cold(cls, num_structures: int) -> InitialGuess:
@@ -77,6 +80,7 @@ class CachedFixedPoint:
     solver_state: tuple[torch.Tensor, ...] | None = None
     # the backward solves' adjoints beside the fixed points (same frame ids and predictor)
     adjoints: FixedPointHistory | None = None
+    contraction: torch.Tensor | None = None  # 0-d: the newest solve's estimate of q
     nbytes: int = 0
 
     @property
@@ -208,11 +212,13 @@ class FixedPointCache:
         positions: torch.Tensor | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
         adjoint: torch.Tensor | None = None,
+        contraction: torch.Tensor | None = None,
     ) -> None:
         """Adds a copy of a fixed point to `key`'s history (fid None or < 0: unknown, taken as
         the next frame). `positions` are those it was solved for (the reuse check);
         `solver_state` the solver's state from that solve (replaces the entry's; zero
-        columns are not kept); `adjoint` that solve's backward adjoint (replaces the entry's)."""
+        columns are not kept); `adjoint` that solve's backward adjoint (replaces the entry's);
+        `contraction` (0-d) that solve's estimate of f's contraction factor (replaces the entry's)."""
         entry = self._entries.get(key)
         if not _same_atoms(entry, atomic_numbers):
             self.evict(key)
@@ -221,6 +227,7 @@ class FixedPointCache:
             )
         entry.history.push(fixed_point.detach().clone(), _frame_id(fid))
         entry.positions = None if positions is None else positions.detach().clone()
+        entry.contraction = None if contraction is None else contraction.detach().reshape(()).clone()
         entry.solver_state = _state_copy(solver_state) if self.keep_solver_state else None
         if adjoint is None or not self.keep_adjoint:
             entry.adjoints = None
@@ -241,7 +248,7 @@ class FixedPointCache:
         batch's sids."""
         keys = batch_keys(batch, keys)
         fids = _fids(batch)
-        parts, states, adjoints, refused = [], [], [], []
+        parts, states, adjoints, contractions, refused = [], [], [], [], []
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
             entry, was_refused = self._lookup(
                 keys[i],
@@ -253,6 +260,7 @@ class FixedPointCache:
             states.append(entry.solver_state if entry is not None else None)
             has_adjoint = entry is not None and entry.adjoints is not None
             adjoints.append(entry.adjoints.predict(_frame_id(fids[i] if fids else None)) if has_adjoint else None)
+            contractions.append(entry.contraction if entry is not None else None)
             refused.append(was_refused)
         warm = torch.tensor([p is not None for p in parts], dtype=torch.bool)
         refused = torch.tensor(refused, dtype=torch.bool)
@@ -260,7 +268,12 @@ class FixedPointCache:
             return InitialGuess(None, warm, refused)
         sizes = [n for _, n in _atom_ranges(batch.natoms)]
         return InitialGuess(
-            _batch_rows(parts, sizes), warm, refused, _batch_state(states, sizes), _batch_rows(adjoints, sizes)
+            _batch_rows(parts, sizes),
+            warm,
+            refused,
+            _batch_state(states, sizes),
+            _batch_rows(adjoints, sizes),
+            _batch_scalars(contractions),
         )
 
     def store(
@@ -270,10 +283,11 @@ class FixedPointCache:
         keys: Sequence | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
         adjoint: torch.Tensor | None = None,
+        contraction: torch.Tensor | None = None,
     ) -> None:
         """Stores each structure's fixed point [n_atoms, ...] and, if given, its solver
-        state (tensors [n_atoms, ..., m], per atom like the fixed point) and its backward
-        adjoint (per atom like the fixed point)."""
+        state (tensors [n_atoms, ..., m], per atom like the fixed point), its backward
+        adjoint (per atom like the fixed point) and its solve's contraction estimate [n_structures]."""
         keys = batch_keys(batch, keys)
         fids = _fids(batch)
         for i, (start, n) in enumerate(_atom_ranges(batch.natoms)):
@@ -285,6 +299,7 @@ class FixedPointCache:
                 batch.pos[start : start + n],
                 None if solver_state is None else tuple(t[start : start + n] for t in solver_state),
                 None if adjoint is None else adjoint[start : start + n],
+                None if contraction is None else contraction[i],
             )
 
 
@@ -308,6 +323,15 @@ def _batch_rows(parts: list, sizes: list[int]) -> torch.Tensor | None:
     return torch.cat(
         [p if p is not None else template.new_zeros((n, *template.shape[1:])) for p, n in zip(parts, sizes)]
     )
+
+
+def _batch_scalars(values: list) -> torch.Tensor | None:
+    """Per-structure 0-d tensors (None: none) as one [n_structures] tensor, NaN for the
+    structures without one; None if no structure has one."""
+    template = next((v for v in values if v is not None), None)
+    if template is None:
+        return None
+    return torch.stack([v if v is not None else torch.full_like(template, float("nan")) for v in values])
 
 
 def _batch_state(states: list, sizes: list[int]) -> tuple[torch.Tensor, ...] | None:

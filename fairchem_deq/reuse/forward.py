@@ -6,7 +6,9 @@ to the backbone as the batch attribute `initial_guess`); after it the solved fix
 are stored. With a solver whose own state is reused (deq.solver: broyden_reuse, evaluation
 only) the cached states travel the same way: batch attribute `initial_solver_state` in, the
 backbone output's `solver_state` stored beside the fixed points; with energy-gradient forces
-the backward solve's adjoint too (`initial_adjoint` in, the output's `adjoint` stored). With
+the backward solve's adjoint too (`initial_adjoint` in, the output's `adjoint` stored), and
+each solve's contraction estimate (`initial_contraction` in, `deq_stats["contraction"]`
+stored: the "error" stop rule's prior for a warm start). With
 `compare_cold` every warm-started batch is also solved from zero first
 (the Markov check: does reuse change the answer?). The backbone's own output (fixed point,
 solver statistics, intermediate states) is not part of a hydra model's output, so it is
@@ -76,6 +78,8 @@ def forward_with_reuse(
         batch.initial_solver_state = guess.solver_state
     if guess.adjoint is not None:
         batch.initial_adjoint = guess.adjoint
+    if guess.contraction is not None:
+        batch.initial_contraction = guess.contraction
     try:
         outputs, solution = _run(forward, backbone, batch)
     finally:
@@ -88,6 +92,7 @@ def forward_with_reuse(
             keys,
             solver_state=solution.get("solver_state"),
             adjoint=None if adjoint is None else adjoint.per_atom(),
+            contraction=solution["deq_stats"].get("contraction"),
         )
         if lockstep:
             cache.keep_only(batch_keys(batch, keys))
@@ -95,7 +100,7 @@ def forward_with_reuse(
 
 
 def _forget_guess(batch) -> None:
-    for name in ("initial_guess", "initial_solver_state", "initial_adjoint"):
+    for name in ("initial_guess", "initial_solver_state", "initial_adjoint", "initial_contraction"):
         if name in batch:
             delattr(batch, name)
 

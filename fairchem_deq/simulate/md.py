@@ -9,6 +9,7 @@ run never leaves a complete-looking file.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,11 +101,14 @@ def run_md(
     progress: bool = True,
     init_velocities: bool = True,
     max_bond_stretch: float | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> MDReport:
     """Runs MD; stops early when forces exceed `max_force` (eV/Å), two atoms come closer
     than `min_distance` (Å), energies become non-finite, or (with `max_bond_stretch`, Å) a
     covalent bond of the starting structure is longer or shorter than there by more than
-    that: the usual stability test of MD force fields (start from an equilibrium frame)."""
+    that: the usual stability test of MD force fields (start from an equilibrium frame).
+    `on_step(row)` is called with every step's log row as soon as it exists (e.g. to print
+    progress while the run goes on)."""
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"unknown ensemble {ensemble!r}; choose 'nve' or 'nvt'")
     atoms = atoms.copy()
@@ -151,6 +155,8 @@ def run_md(
                 "min_distance_A": _min_distance(atoms),
             }
             rows.append(row)
+            if on_step is not None:
+                on_step(row)
             if traj_writer is not None:
                 traj_writer.write(atoms)
             if stats.get("nstep") is not None:

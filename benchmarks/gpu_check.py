@@ -1,0 +1,169 @@
+"""The GPU check: what a person with a CUDA machine runs first (`make gpu-check`).
+
+The package was built and measured on CPUs; until this has run on a GPU, the CPU figures
+of benchmarks/RESULTS.md are the only ones. On a machine without CUDA it says so and exits 0.
+
+1. the tests marked `gpu` (tests/test_cuda.py: CUDA vs CPU solve, autocast keeps the solver
+   in float32, the calculator with reuse on CUDA), and with 2+ GPUs the 2-rank DDP
+   validate/predict test on NCCL;
+2. float32 vs mixed precision (float16 and bfloat16 autocast, as fairchem's --amp) on the
+   shipped OC20 DEQ1 width at a bundled OC20 slab: evaluations, force deviation, time;
+3. step cost at batch 1 and 32 (ethanol, the paper's MD "mini" width, fresh weights):
+   EquiformerV2-1/4/8 forwards vs DEQ1 with exactly 1, 2 and 3 evaluations of f (plain
+   fixed-point steps) and a cold Anderson solve to rel 1e-2. Ratios to EquiformerV2-4 in one
+   process, interleaved; fresh weights give the cost of an evaluation, not a trained
+   model's iteration counts (those come from `benchmarks.step_speed` on trained models).
+
+    .venv/bin/python -m benchmarks.gpu_check [--repeats 20] [--skip-tests]
+
+Writes benchmarks/results/gpu_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import MD_MINI, OC20_200K, TEST_DATA, build_model, machine, write_json
+
+REPO = Path(__file__).parents[1]
+EXPLICIT = {"EquiformerV2-1": 1, "EquiformerV2-4": 4, "EquiformerV2-8": 8}
+# DEQ1 settings timed: exactly k evaluations of f, and a cold solve to tolerance
+DEQ_SETTINGS = {
+    "DEQ1 1 evaluation": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 1, "tol": 1e-12}},
+    "DEQ1 2 evaluations": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 2, "tol": 1e-12}},
+    "DEQ1 3 evaluations": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 3, "tol": 1e-12}},
+    "DEQ1 cold rel 1e-2": {"eval_cold": {"max_iter": 40, "tol": 1e-2}},
+}
+
+
+def run_tests() -> dict:
+    """pytest on the `gpu` tests (and the DDP test on NCCL with 2+ GPUs) -> exit codes."""
+    results = {}
+    suites = {"gpu tests": ["-m", "gpu", "tests"]}
+    if torch.cuda.device_count() >= 2:
+        suites["ddp nccl"] = ["tests/test_ddp_uneven.py"]
+    for name, args in suites.items():
+        env = dict(os.environ, FAIRCHEM_DEQ_TEST_CUDA="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        results[name] = {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
+        print(f"{name}: exit {proc.returncode} {results[name]['summary']}", flush=True)
+    return results
+
+
+def _timed(fn, repeats: int) -> float:
+    """Median seconds of fn() with CUDA synchronised around each call (2 warm-up calls)."""
+    times = []
+    for i in range(repeats + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def mixed_precision(repeats: int) -> dict:
+    """fp32 vs fp16/bf16 autocast on the OC20 DEQ1 width at a bundled slab."""
+    import yaml
+    from ase.io import read
+
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
+    from fairchem_deq.reuse.forward import captured_output
+
+    deq = yaml.safe_load((REPO / "configs/includes/oc20/deq1.yml").read_text())["model"]["backbone"]["deq"]
+    model = build_model(OC20_200K, 1, deq=deq).eval().cuda()
+    atoms = read(TEST_DATA / "random1000156.traj", index=0)
+    batch = atoms_to_batch([atoms]).to("cuda")
+    out, reference = {}, None
+    for label, dtype in (("float32", None), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+
+        def forward(dtype=dtype):
+            autocast = torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None)
+            with torch.no_grad(), autocast, captured_output(model.backbone) as captured:
+                forces = model(batch)["forces"]["forces"].float()
+            return forces, captured["output"]["deq_stats"]
+
+        forces, stats = forward()
+        reference = forces if reference is None else reference
+        out[label] = {
+            "evaluations": int(stats["nstep"][0]),
+            "converged": bool(stats["converged"][0]),
+            "rel_residual": float(stats["rel_residual"][0]),
+            "force_deviation_vs_float32": float((forces - reference).norm() / reference.norm()),
+            "seconds": _timed(forward, repeats),
+        }
+        print(label, out[label], flush=True)
+    out["structure"] = {"file": "tests/data/random1000156.traj", "atoms": len(atoms)}
+    return out
+
+
+def step_cost(repeats: int) -> dict:
+    """Median time per batch of each model at batch 1 and 32 ethanol frames, interleaved."""
+    import numpy as np
+    from ase import Atoms
+
+    from fairchem_deq.data.atoms_graphs import atoms_to_batch
+
+    d = np.load(TEST_DATA / "md17_ethanol_300.npz")
+    models = {label: build_model(MD_MINI, n).eval().cuda() for label, n in EXPLICIT.items()}
+    models.update({label: build_model(MD_MINI, 1, deq=deq).eval().cuda() for label, deq in DEQ_SETTINGS.items()})
+    out = {}
+    for batch_size in (1, 32):
+        frames = [Atoms(numbers=d["z"], positions=d["R"][i], pbc=False) for i in range(batch_size)]
+        batch = atoms_to_batch(frames).to("cuda")
+        times = {label: [] for label in models}
+        for _ in range(repeats):
+            for label, model in models.items():  # interleaved: load drifts hit every model alike
+                with torch.no_grad():
+                    times[label].append(_timed(lambda model=model, batch=batch: model(batch), 1))
+        medians = {label: statistics.median(t) for label, t in times.items()}
+        ref = medians["EquiformerV2-4"]
+        out[f"batch {batch_size}"] = {
+            label: {"seconds": t, "ratio_to_EquiformerV2-4": t / ref} for label, t in medians.items()
+        }
+        print(f"batch {batch_size}:", {k: round(v / ref, 3) for k, v in medians.items()}, flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip-tests", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"gpu-check skipped: CUDA is not available here (torch {torch.__version__}); run it on a GPU machine")
+        return 0
+    import fairchem_deq  # noqa: F401 - registers the models
+
+    payload = {
+        "command": "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "gpus": torch.cuda.device_count(),
+        "tests": {} if args.skip_tests else run_tests(),
+        "mixed_precision": mixed_precision(args.repeats),
+        "step_cost": step_cost(args.repeats),
+    }
+    path = write_json("gpu_check", payload)
+    print(f"wrote {path}")
+    failed = [name for name, r in payload["tests"].items() if r["returncode"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
