@@ -24,6 +24,7 @@ from torch import nn
 
 from .deq_options import PHASES, DEQBackboneOptions
 from .deq_solver import DEQSolveResult, StructureDEQSolver
+from .edge_frames import edge_frames, replay_random
 from .injections import get_injection
 from .solve_scope import SolveScope, attach_solve_scope
 
@@ -188,6 +189,18 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
         self.blocks = nn.ModuleList([DEQFixedPointLayer(self.blocks, self.deq_options)])
         # fairchem's block loop runs `num_layers` times: it calls the fixed-point layer once
         self.num_layers = 1
+
+    def _init_edge_rot_mat(self, data, edge_index, edge_distance_vec):
+        """fairchem's random edge frames; where the edge vectors carry the positions' gradient
+        (energy-gradient forces) the frames carry it too (fairchem detaches them, and
+        -dE/dpos then missed the derivative through the frames: `edge_frames`)."""
+        if not (torch.is_grad_enabled() and edge_distance_vec.requires_grad):
+            return super()._init_edge_rot_mat(data, edge_index, edge_distance_vec)
+        frames, raw = replay_random(
+            edge_distance_vec,
+            lambda: super(DEQEquiformerV2Backbone, self)._init_edge_rot_mat(data, edge_index, edge_distance_vec),
+        )
+        return edge_frames(edge_distance_vec, raw, frames)
 
     def set_solver(self, name: str, solver_kwargs: dict | None = None) -> None:
         """E.g. set_solver("broyden_reuse", {"memory": 20}): the forward solver of every phase."""

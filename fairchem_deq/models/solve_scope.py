@@ -28,6 +28,8 @@ from fairchem.core.models.equiformer_v2.radial_function import RadialFunction
 from fairchem.core.models.equiformer_v2.so3 import SO3_Rotation
 from torch import nn
 
+from .edge_frames import wigner_generators, wigner_with_gradient
+
 
 class _SolveScoped:
     """Mixin for modules that keep state for one solve; inert outside a solve."""
@@ -110,7 +112,8 @@ class SolveCachedRotation(_SolveScoped, SO3_Rotation):
     on every call (and rescales the inverse); within a solve the slices are kept per
     (lmax, mmax). A new `set_wigner` (the next structure) drops them, in or out of a solve
     (the backbone sets the edge frames, then embeds the edge degrees with them, before the
-    solve starts). fairchem detaches the matrices, so no gradient is lost."""
+    solve starts). fairchem detaches the matrices; frames that carry the positions' gradient
+    (energy-gradient forces) get matrices that carry it too (`edge_frames`)."""
 
     def reset_solve_state(self, active: bool) -> None:
         super().reset_solve_state(active)
@@ -118,10 +121,17 @@ class SolveCachedRotation(_SolveScoped, SO3_Rotation):
 
     def set_wigner(self, rot_mat3x3):
         super().set_wigner(rot_mat3x3)
+        if rot_mat3x3.requires_grad:  # energy-gradient forces: keep the frames' derivative
+            self.wigner = wigner_with_gradient(rot_mat3x3, self.wigner, wigner_generators(self.lmax))
+            self.wigner_inv = self.wigner.transpose(1, 2)
         self._slices = {}
 
     def _slice(self, key: tuple, make):
-        """The per-solve slice `key`, made by `make()` on its first use."""
+        """The per-solve slice `key`, made by `make()` on its first use. Matrices that carry a
+        gradient are sliced apart for grad-enabled calls (the differentiable f call after a
+        no-grad solve), as `_CachedPerSolve` does."""
+        if self.wigner.requires_grad and torch.is_grad_enabled():
+            key = (*key, "with_grad")
         value = self._slices.get(key)
         if value is None:
             value = self._slices[key] = make()
