@@ -50,7 +50,11 @@ def _calculator(name: str):
         return deq_calculator(name)
     from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
-    return OCPCalculator(checkpoint_path=checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0)
+    from fairchem_deq.checkpoint_weights import apply_weights
+
+    calc = OCPCalculator(checkpoint_path=checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0)
+    apply_weights(calc.trainer._unwrapped_model, checkpoint(name))  # the EMA weights, as DEQCalculator's
+    return calc
 
 
 def run_one(job: tuple) -> dict:
