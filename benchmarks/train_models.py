@@ -361,18 +361,22 @@ class Trained:
     (batch 1, no autograd) and denormalises to eV, so DEQ and explicit models share one path."""
 
     def __init__(self, name: str, path: Path | None = None, ema: bool = False):
-        """`ema`: evaluate the checkpoint's EMA weights (fairchem's calculators load a checkpoint
-        in inference-only mode and drop the EMA: by default the raw weights are evaluated)."""
+        """`ema`: evaluate the checkpoint's EMA weights (the ones fairchem's validation reports);
+        by default the raw weights, which fairchem's OCPCalculator evaluates (it loads a
+        checkpoint in inference-only mode and drops the EMA). `self.weights`: which are used."""
         import logging
 
         from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
+        from fairchem_deq.checkpoint_weights import apply_weights
         from fairchem_deq.simulate import DEQCalculator
 
         self.name, self.label, self.is_deq = name, LABELS.get(name, name), name.startswith("deq")
+        weights = "ema" if ema else "raw"
         level = logging.getLogger().level
         if self.is_deq:
-            calc = DEQCalculator(path or checkpoint(name), cpu=True, seed=0)
+            calc = DEQCalculator(path or checkpoint(name), cpu=True, seed=0, weights=weights)
+            self.weights = calc.weights
         else:
             calc = OCPCalculator(
                 checkpoint_path=path or checkpoint(name), trainer="equiformerv2_forces", cpu=True, seed=0
@@ -380,8 +384,8 @@ class Trained:
         logging.getLogger().setLevel(max(level, logging.WARNING))
         trainer = calc.trainer
         self.model = trainer._unwrapped_model.eval()
-        if ema:
-            _load_ema_weights(self.model, path or checkpoint(name))
+        if not self.is_deq:
+            self.weights = apply_weights(self.model, path or checkpoint(name), weights)
         if not self.is_deq:
             self.model.backbone.direct_forces = True  # explicit backbone: no autograd in inference
         self.normalizers = trainer.normalizers
@@ -414,17 +418,3 @@ class Trained:
             fp = last["fixed_point"]
             stats = {k: float(v.reshape(-1)[0]) for k, v in last["deq_stats"].items() if v.dim() <= 1}
         return float(energy.reshape(-1)[0]), forces.reshape(-1, 3).numpy(), fp, stats
-
-
-def _load_ema_weights(model, path: Path) -> None:
-    """Copies the checkpoint's EMA shadow parameters into `model` (as fairchem's validation
-    does with `ema.copy_to()` during training)."""
-    import torch
-    from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not state.get("ema"):
-        raise ValueError(f"{path} holds no EMA weights")
-    ema = ExponentialMovingAverage(model.parameters(), decay=float(state["ema"]["decay"]))
-    ema.load_state_dict(state["ema"])
-    ema.copy_to(model.parameters())

@@ -17,6 +17,11 @@ The calculator owns its fixed-point cache (`fixed_point_cache`), configured from
 checkpoint's `task.deq` block.
 With `compare_cold=True` every warm-started call is also solved from zero, and
 `last_solver_stats` gains `nstep_cold` and `markov_dev` (||F_warm - F_cold|| / ||F_cold||).
+
+Weights: the ones fairchem's validation reports, i.e. the checkpoint's EMA weights where it
+holds them (`weights="auto"`, the default; `calc.weights` and `last_solver_stats["weights"]`
+say "ema" or "raw"). fairchem's OCPCalculator evaluates the raw weights of `checkpoint.pt`;
+`weights="raw"` does the same here (see fairchem_deq/checkpoint_weights.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from fairchem.core.common.registry import registry
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
+from fairchem_deq.checkpoint_weights import apply_weights, check_weights_choice, resolve_weights
 from fairchem_deq.command import CheckpointError
 from fairchem_deq.data.atoms_graphs import atoms_to_batch
 from fairchem_deq.models import DEQEquiformerV2Backbone
@@ -80,6 +86,7 @@ class DEQCalculator(OCPCalculator):
         b_tol: float | None = None,
         b_max_iter: int | None = None,
         reuse_adjoint: bool = True,
+        weights: str = "auto",
     ):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
@@ -91,14 +98,20 @@ class DEQCalculator(OCPCalculator):
         whose inverse-Jacobian model is then reused beside the fixed point. With
         energy-gradient forces, `b_tol`/`b_max_iter` override the checkpoint's adjoint solve
         (relative or absolute as its deq.b_stop_mode) and `reuse_adjoint` starts each adjoint
-        solve from the previous call's adjoint (False: from zero)."""
+        solve from the previous call's adjoint (False: from zero). `weights`: "auto" (the
+        checkpoint's EMA weights where it holds them, as fairchem's validation reports, else
+        the raw ones), "ema" (an error without them) or "raw" (`state_dict` as trained, what
+        fairchem's OCPCalculator evaluates); `self.weights` says which are used."""
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
-        check_deq_checkpoint(checkpoint_path)
+        check_weights_choice(weights)
+        checkpoint = check_deq_checkpoint(checkpoint_path)
+        resolve_weights(checkpoint, weights, checkpoint_path)  # no EMA to use: fail before loading
         # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
-        # element references, EMA weights. The calculator then runs the model itself.
+        # element references; in its inference-only mode it drops the EMA weights (the
+        # trainer's `ema` is None), so they are put in here.
         super().__init__(checkpoint_path=checkpoint_path, trainer=TRAINER, cpu=cpu, seed=seed)
-        if self.trainer.ema is not None:
-            self.trainer.ema.copy_to()  # predict with the averaged weights, as fairchem does
+        self.weights = apply_weights(self.trainer._unwrapped_model, checkpoint, weights)
+        del checkpoint
         self.model = self.trainer.model.eval()
         options = self.trainer.reuse_options  # the checkpoint's task.deq block
         self.fixed_point_cache = FixedPointCache(
@@ -119,7 +132,7 @@ class DEQCalculator(OCPCalculator):
             self.model.backbone.set_backward_settings(**backward)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
-        self.last_solver_stats: dict[str, float] = {}
+        self.last_solver_stats: dict[str, float | str] = {}
 
     def reset_fixed_point(self) -> None:
         """Forget the stored fixed point: the next call solves from zero."""
@@ -147,6 +160,7 @@ class DEQCalculator(OCPCalculator):
         self.results["energy"] = float(energy.reshape(-1)[0])
         self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
         self.last_solver_stats = _first_structure(step.solution["deq_stats"])
+        self.last_solver_stats["weights"] = self.weights
         if self.compare_cold:
             self.last_solver_stats.update(self._cold_comparison(step, batch))
 

@@ -8,11 +8,17 @@
   `checkpoint_every` (default: `eval_every`) steps, and a shorter run left none;
 - `load_extras` refuses a warm-up shorter than one step with a message: fairchem's
   EquiformerV2 scheduler turns `warmup_epochs` into int(warmup_epochs * steps per epoch)
-  and divides by it (ZeroDivisionError deep inside the scheduler).
+  and divides by it (ZeroDivisionError deep inside the scheduler);
+- the config it saves in checkpoints names the trainer class (`config["trainer"]`, a dotted
+  path): fairchem 1.10 stores there the *task* name its CLI passes as `name` ("s2ef"), and its
+  OCPCalculator builds the trainer from that entry, so `OCPCalculator(checkpoint_path=...)`
+  failed with "Failed to find the trainer 's2ef'" (as it does on checkpoints of fairchem's
+  own trainers).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
@@ -21,6 +27,10 @@ from fairchem_deq.outputs import partial_name
 
 class TrainingRunMixin:
     _last_saved_step: int | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config["trainer"] = trainer_path(type(self))
 
     def save(self, metrics=None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
         # fairchem writes into its checkpoint_dir by file name (and only on the master rank),
@@ -44,6 +54,15 @@ class TrainingRunMixin:
     def load_extras(self) -> None:
         check_warmup(self.config["optim"], self.train_loader)
         super().load_extras()
+
+
+def trainer_path(cls: type) -> str:
+    """The dotted path fairchem's registry resolves to `cls` (the package's export if it has
+    one, e.g. fairchem_deq.trainers.DEQForcesTrainer), usable without importing anything."""
+    package = cls.__module__.rpartition(".")[0]
+    if package and getattr(importlib.import_module(package), cls.__name__, None) is cls:
+        return f"{package}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def check_warmup(optim: dict, train_loader) -> None:
