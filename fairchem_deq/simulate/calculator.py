@@ -134,6 +134,14 @@ class DEQCalculator(OCPCalculator):
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float | str] = {}
 
+    @classmethod
+    def from_reference(cls, name: str, **kwargs) -> DEQCalculator:
+        """The calculator of a shipped reference model (`fairchem_deq.reference`), e.g.
+        "ethanol_deq1"; its checksum is verified first. `kwargs` as the constructor's."""
+        from fairchem_deq.reference import reference_checkpoint
+
+        return cls(reference_checkpoint(name), **kwargs)
+
     def reset_fixed_point(self) -> None:
         """Forget the stored fixed point: the next call solves from zero."""
         self.fixed_point_cache.clear()
