@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from fairchem_deq.data.convert import SPLIT_BY, SPLIT_MODES, UnseenElementsWarning, convert
-from fairchem_deq.data.readers import MAX_NUM_ELEMENTS, MOLECULE_CELL
+from fairchem_deq.data.readers import MAX_NUM_ELEMENTS, MOLECULE_CELL, READERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "npz", "extxyz", "traj"],
+        choices=["auto", *READERS],
         help="input format (default: from the file suffix)",
     )
     parser.add_argument(

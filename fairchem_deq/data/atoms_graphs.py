@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from ase import Atoms
 
-from fairchem_deq.data.readers import MOLECULE_CELL
+from fairchem_deq.data.molecule_box import with_molecule_box
 
 
 def make_atoms_to_graphs():
@@ -52,9 +51,7 @@ def atoms_to_batch(
     a2g = AtomsToGraphs(r_energy=False, r_forces=False, r_edges=False, r_distances=False, r_pbc=True, r_fixed=True)
     data_list = []
     for i, atoms in enumerate(atoms_list):
-        if not atoms.pbc.any() and atoms.cell.rank < 3:
-            atoms = atoms.copy()
-            atoms.cell = np.eye(3) * MOLECULE_CELL
+        atoms = with_molecule_box(atoms)
         sid = i if sids is None else int(sids[i])
         fid = 0 if fids is None else int(fids[i])
         data_list.append(atoms_to_data(atoms, sid, fid, a2g=a2g))

@@ -48,8 +48,8 @@ from fairchem_deq.data.oc20_tags import oc20_tags as rebuild_oc20_tags
 from fairchem_deq.data.readers import (
     MAX_NUM_ELEMENTS,
     MOLECULE_CELL,
-    SUFFIX_FORMATS,
     DatasetFormatError,
+    known_suffixes,
     normalize_unit,
     read_frames,
     system_id_from_name,
@@ -80,14 +80,15 @@ class Trajectory:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; a directory expands to its .npz/.extxyz/.xyz/.traj files, sorted by name."""
+    """Files as given; a directory expands to its files of a known format (`readers.READERS`:
+    .npz/.extxyz/.xyz/.traj), sorted by name."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known_suffixes())
             if not found:
-                raise DatasetFormatError(path, f"directory holds no {sorted(SUFFIX_FORMATS)} files")
+                raise DatasetFormatError(path, f"directory holds no {known_suffixes()} files")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)

@@ -13,7 +13,8 @@ Units read: sGDML-style npz in kcal/mol and kcal/mol/Å (or the unit named by it
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
 from fairchem_deq.command import UserError
+from fairchem_deq.data.molecule_box import MOLECULE_CELL, molecule_box, needs_molecule_box
 
 # eV per unit; the keys are the spellings accepted for an npz's `e_unit` (lower-cased).
 ENERGY_UNITS_IN_EV: dict[str, float] = {
@@ -41,10 +43,6 @@ LENGTH_UNITS_IN_ANGSTROM: dict[str, float] = {
 }
 # EquiformerV2 embeds atomic numbers with nn.Embedding(max_num_elements=90): Z must be < 90.
 MAX_NUM_ELEMENTS = 90
-# Edge of the cubic box given to molecules (Å); with pbc=False its size only has to be > 0.
-MOLECULE_CELL = 50.0
-FORMATS = ("npz", "extxyz", "traj")
-SUFFIX_FORMATS = {".npz": "npz", ".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
 NPZ_KEYS = ("R", "z", "E", "F")
 
 
@@ -70,9 +68,12 @@ def normalize_unit(unit: str) -> str:
 
 def detect_format(path: str | Path) -> str:
     """Format from the file suffix: .npz -> npz, .extxyz/.xyz -> extxyz, .traj -> traj."""
-    fmt = SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    suffix = Path(path).suffix.lower()
+    fmt = next((r.name for r in READERS.values() if suffix in r.suffixes), None)
     if fmt is None:
-        raise DatasetFormatError(path, f"cannot tell the format from the suffix; pass one of {FORMATS} explicitly")
+        raise DatasetFormatError(
+            path, f"cannot tell the format from the suffix; pass one of {tuple(READERS)} explicitly"
+        )
     return fmt
 
 
@@ -111,10 +112,9 @@ def read_frames(
     """Read and validate one trajectory file; `fmt` 'auto' picks the reader by suffix."""
     if fmt == "auto":
         fmt = detect_format(path)
-    readers = {"npz": read_npz, "extxyz": read_extxyz, "traj": read_traj}
-    if fmt not in readers:
-        raise ValueError(f"unknown format {fmt!r}; choose 'auto' or one of {FORMATS}")
-    return readers[fmt](path, units=units, molecule_cell=molecule_cell, max_num_elements=max_num_elements)
+    if fmt not in READERS:
+        raise ValueError(f"unknown format {fmt!r}; choose 'auto' or one of {tuple(READERS)}")
+    return READERS[fmt].read(path, units=units, molecule_cell=molecule_cell, max_num_elements=max_num_elements)
 
 
 def read_npz(
@@ -178,7 +178,7 @@ def read_npz(
         positions.astype(np.float64) * length_factor,
         energies.reshape(n_frames).astype(np.float64) * energy_factor,
         forces.astype(np.float64) * (energy_factor / length_factor),
-        np.eye(3) * molecule_cell,
+        molecule_box(molecule_cell),
     )
 
 
@@ -250,6 +250,34 @@ def _read_ase(path, fmt, units, molecule_cell, max_num_elements) -> list[Atoms]:
     return frames
 
 
+@dataclass(frozen=True)
+class Reader:
+    """A dataset format: its name, the file suffixes it is detected by, and its reader
+    (path, *, units, molecule_cell, max_num_elements) -> frames."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[..., Sequence[Atoms]]
+
+
+# The one table of formats: the converter and its CLI derive their choices from it; a new
+# format is a reader function and one entry here
+READERS: dict[str, Reader] = {
+    r.name: r
+    for r in (
+        Reader("npz", (".npz",), read_npz),
+        Reader("extxyz", (".extxyz", ".xyz"), read_extxyz),
+        Reader("traj", (".traj",), read_traj),
+    )
+}
+FORMATS = tuple(READERS)  # the shipped formats (READERS is what the converter consults)
+
+
+def known_suffixes() -> list[str]:
+    """Every file suffix a reader of `READERS` is detected by."""
+    return sorted({suffix for r in READERS.values() for suffix in r.suffixes})
+
+
 def _unit_string(npz, key: str, default: str) -> str:
     """An sGDML unit entry (0-d str or bytes array) as str; `default` when absent."""
     if key not in npz.files:
@@ -283,9 +311,9 @@ def _energy_and_forces(path, fid, atoms: Atoms) -> tuple[float, np.ndarray]:
 
 
 def _set_cell(path, fid, atoms: Atoms, molecule_cell: float) -> None:
-    """Give a molecule (no cell, no pbc) a cubic box; refuse periodic frames without a full cell."""
-    if atoms.cell.rank == 0 and not atoms.pbc.any():
-        atoms.set_cell(np.eye(3) * molecule_cell)
+    """Give a molecule (no pbc, no full cell) a cubic box; refuse periodic frames without a full cell."""
+    if needs_molecule_box(atoms):
+        atoms.set_cell(molecule_box(molecule_cell))
     elif atoms.pbc.any() and atoms.cell.rank < 3:
         raise DatasetFormatError(path, f"frame {fid} is periodic ({atoms.pbc}) but its cell is degenerate")
 
