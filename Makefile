@@ -9,6 +9,7 @@ env:
 lint: env
 	$(PY) -m ruff check fairchem_deq tests benchmarks configs
 	$(PY) -m ruff format --check fairchem_deq tests benchmarks configs
+	.venv/bin/lint-imports  # the layer contract of docs/architecture.md ([tool.importlinter])
 
 test: env
 	$(PY) -m pytest -q -p no:cacheprovider tests

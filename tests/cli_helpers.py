@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +31,26 @@ STEP = re.compile(r"\bstep: ([-+0-9.e]+)")
 def run_cli(
     args: list[str], cwd: Path, timeout: int = 900, program: str = "fairchem", threads: int = 2
 ) -> subprocess.CompletedProcess:
+    """`timeout`: a run still going then (a DDP hang) is killed with all its ranks, and fails."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [str(BIN / program), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [str(BIN / program), *args]
+    # its own process group: the DDP ranks are the launcher's children, and a hang must not outlive the test
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except BaseException as error:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            stdout, stderr = child.communicate()
+            if not isinstance(error, subprocess.TimeoutExpired):
+                raise
+            raise AssertionError(
+                f"{program} {' '.join(args)} still running after {timeout} s (killed)\n--- stdout\n"
+                f"{stdout[-6000:]}\n--- stderr\n{stderr[-6000:]}"
+            ) from None
+    proc = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise AssertionError(
             f"{program} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"

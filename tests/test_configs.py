@@ -103,7 +103,7 @@ def test_every_config_resolves_through_fairchems_registry(loaded, registry):
         assert config["evaluation_metrics"]["primary_metric"] == "forces_mae", where
         # DEQ blocks and trainer options parse (a typo is an error there, not silently ignored)
         if backbone.__name__ in ("DEQEquiformerV2Backbone", "DEQEquiformerV2DeNSBackbone"):
-            from fairchem_deq.config_blocks import parse_options
+            from fairchem_deq.config.blocks import parse_options
             from fairchem_deq.models import DEQBackboneOptions
             from fairchem_deq.reuse import ReuseOptions
             from fairchem_deq.trainers.dens_options import check_dens_options

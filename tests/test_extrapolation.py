@@ -81,7 +81,7 @@ def test_unknown_predictor_names_list_the_choices():
 
 
 def test_trainer_config_key_is_accepted_and_an_unknown_value_rejected():
-    from fairchem_deq.config_blocks import parse_options
+    from fairchem_deq.config.blocks import parse_options
     from fairchem_deq.reuse import ReuseOptions
 
     assert parse_options(ReuseOptions, None, "task.deq").warm_start == "last"

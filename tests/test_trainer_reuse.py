@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -214,3 +215,71 @@ def test_two_rank_ddp_training_validates_and_logs_solver_statistics(tmp_path, et
     assert stats["deq_nstep_count"] == 40 and stats["deq_nstep_warm_count"] == 32
     state = torch.load(tmp_path / "checkpoints" / "ddp" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 64 // (4 * 2)  # 64 frames, batch 4 per rank, 2 ranks
+
+
+def _two_ranks(tmp_path, checkpoint, ethanol_lmdb, mode, name, split, src, batch=4, ranks=2):
+    """`--mode` run of the checkpoint with `split` read from `src`, on `ranks` CPU ranks."""
+    return run_cli(
+        [
+            "--mode",
+            mode,
+            "--config-yml",
+            CONFIG,
+            "--cpu",
+            *(["--num-gpus", str(ranks)] if ranks > 1 else []),
+            "--checkpoint",
+            str(checkpoint),
+            "--run-dir",
+            str(tmp_path),
+            "--identifier",
+            name,
+            "--timestamp-id",
+            name,
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            f"--dataset.{split}.src={src}",
+            f"--optim.eval_batch_size={batch}",
+            "--optim.scheduler_params.warmup_epochs=0.25",  # >= 1 step of the 8 per epoch per rank
+            *TIGHT,
+        ],
+        cwd=tmp_path,
+        timeout=400,  # a rank left waiting in a collective fails the test instead of hanging it
+    )
+
+
+def test_two_rank_validate_and_predict_with_uneven_batches_per_rank(tmp_path, trained_checkpoint, ethanol_lmdb):
+    """25 frames in 7 segments (2 ranks x batch 4): rank 0 had 4 batches, rank 1 3, and
+    validation hung on rank 0 in the loss's all-reduce. Rank 1 now runs a padding batch that
+    counts nowhere: not in metrics, solver statistics, fixed-point cache or predictions."""
+    from conftest import DATA
+
+    from fairchem_deq.data import convert
+
+    d = np.load(DATA / "md17_ethanol_300.npz")
+    np.savez(tmp_path / "ethanol_25.npz", R=d["R"][:25], z=d["z"], E=d["E"][:25], F=d["F"][:25])
+    convert(tmp_path / "ethanol_25.npz", tmp_path / "traj", split="none", progress=False)
+    src = tmp_path / "traj" / "all"
+    # as fairchem's make_lmdb_sizes writes it: the ranks read sid/fid from the LMDB, half each
+    np.savez(src / "metadata.npz", natoms=np.load(src / "metadata.npz")["natoms"])
+
+    proc = _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val2", "val", src)
+    log = proc.stdout + proc.stderr
+    assert "Running in local mode with 2 ranks" in log
+    assert "Reading sid/fid of 13 items" in log and "Reading sid/fid of 12 items" in log
+    val = json.loads((tmp_path / "results" / "val2" / "s2ef_val_deq_stats.json").read_text())
+    # 7 segments, each solved cold once: the padding batch's 3 cold solves are not counted
+    assert val["deq_nstep_count"] == 25 and val["deq_nstep_warm_count"] == 18
+    # one rank with batch 8 steps the same 7 segments (8 wanted): the same solves, no padding
+    single = _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val1", "val", src, batch=8, ranks=1)
+    metrics = [dict(re.findall(r"(\w+): ([-+0-9.e]+)", p.stdout + p.stderr)) for p in (proc, single)]
+    for key in ("energy_mae", "forces_mae", "forces_cosine_similarity"):
+        # logged to 4 decimals; counting the 3 padding copies moved energy_mae by 1.6 %
+        assert float(metrics[0][key]) == pytest.approx(float(metrics[1][key]), rel=1e-3, abs=2e-4), key
+
+    _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "predict", "pred2", "test", src)
+    results = tmp_path / "results" / "pred2"
+    preds = np.load(results / "s2ef_predictions.npz")
+    assert sorted(preds["ids"].tolist()) == sorted(f"0_{i}" for i in range(25))  # each frame once
+    assert preds["forces"].shape == (25 * 9, 3) and len(preds["energy"]) == 25
+    stats = json.loads((results / "s2ef_predictions_deq_stats.json").read_text())
+    assert stats["deq_nstep_count"] == 25 and stats["deq_nstep_warm_count"] == 18

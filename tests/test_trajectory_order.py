@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,35 @@ def test_one_long_trajectory_is_split_so_every_rank_and_batch_slot_gets_work():
     assert sorted(seen) == list(range(40)) and len(keys) == 8
 
 
+def test_every_rank_gets_the_same_number_of_batches_the_extra_ones_marked_as_padding():
+    """25 frames, 2 ranks x batch 4: 7 segments, rank 0 ran 4 batches and rank 1 3, and
+    fairchem's validation (an all-reduce in every batch's loss) hung on rank 0."""
+    from fairchem_deq.trainers.trajectory_sampler import TrajectoryBatchSampler
+
+    sids, fids = [0] * 25, list(range(25))
+    samplers = [TrajectoryBatchSampler(sids, fids, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    assert [len(s) for s in samplers] == [4, 4]
+    assert [s.num_real for s in samplers] == [4, 3]
+    real = [i for s in samplers for b in s.batches[: s.num_real] for i in b]
+    assert sorted(real) == list(range(25))  # every frame once, none of them padding
+    padding = [b for s in samplers for b in s.batches[s.num_real :]]
+    assert len(padding) == 1 and all(i >= 25 for i in padding[0])  # shifted indices: padding copies
+    # a rank with no segment at all (2 frames, 4 ranks) runs rank 0's batch as padding
+    empty = TrajectoryBatchSampler([0, 0], [0, 1], batch_size=1, rank=3, world_size=4)
+    assert empty.num_real == 0 and empty.batches == [[2]]
+
+    from fairchem.core.datasets import data_list_collater
+    from torch_geometric.data import Data
+
+    from fairchem_deq.trainers.trajectory_sampler import PaddedDataset, is_padding
+
+    dataset = PaddedDataset([Data(natoms=torch.tensor([1]), sid=0, fid=f) for f in fids])
+    assert "deq_padding" not in dataset[3] and dataset[25 + 3].deq_padding and dataset[28].fid == 3
+    assert "deq_padding" not in dataset.dataset[3]  # the dataset's own item is left unflagged
+    assert not is_padding(data_list_collater([dataset[i] for i in samplers[1].batches[0]]))
+    assert is_padding(data_list_collater([dataset[i] for i in padding[0]]))
+
+
 def test_sid_fid_come_from_metadata_through_fairchems_shuffled_subset(ethanol_trajectory_lmdb):
     from fairchem.core.datasets.base_dataset import create_dataset
 
@@ -55,6 +86,31 @@ def test_sid_fid_come_from_metadata_through_fairchems_shuffled_subset(ethanol_tr
     sids, fids = dataset_sids_fids(dataset)
     for pos in range(len(dataset)):  # metadata mapped through Subset.indices == the items
         assert (sids[pos], fids[pos]) == (int(dataset[pos].sid), int(dataset[pos].fid))
+
+
+def test_sid_fid_missing_from_metadata_are_read_from_the_lmdb_once(tmp_path, ethanol_trajectory_lmdb, monkeypatch):
+    """fairchem's make_lmdb_sizes writes natoms only: every validation read every item in
+    full on every rank (1 ms an OC20 item, 17 minutes for val_id before each validation)."""
+    from fairchem.core.datasets.base_dataset import create_dataset
+    from fairchem.core.datasets.lmdb_dataset import LmdbDataset
+
+    from fairchem_deq.trainers.trajectory_sampler import dataset_sids_fids
+
+    reads = []
+    getitem = LmdbDataset.__getitem__
+    monkeypatch.setattr(LmdbDataset, "__getitem__", lambda self, i: reads.append(i) or getitem(self, i))
+    for name in ("folder", "file"):  # src: a folder of LMDB files (fairchem's OC20 layout), one file
+        folder = tmp_path / name  # a copy each: fairchem opens an LMDB file once per process
+        shutil.copytree(ethanol_trajectory_lmdb, folder)
+        np.savez(folder / "metadata.npz", natoms=np.load(folder / "metadata.npz")["natoms"])
+        src = folder / "data.lmdb" if name == "file" else folder
+        dataset = create_dataset({"format": "lmdb", "src": str(src)}, "test")  # a shuffled Subset
+        reads.clear()
+        sids, fids = dataset_sids_fids(dataset)
+        assert len(reads) == 1  # one whole item, to check that the stored values are the items
+        items = [getitem(dataset.dataset, i) for i in dataset.indices]
+        assert list(zip(sids, fids.tolist())) == [(int(item.sid), int(item.fid)) for item in items]
+        assert dataset_sids_fids(dataset)[0] is sids and len(reads) == 1  # a second validation reads nothing
 
 
 def test_fixed_point_cache_is_bounded_checks_species_and_accepts_any_sid():

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fairchem_deq.config_show import config_yaml, merged_config
+    from fairchem_deq.config.show import config_yaml, merged_config
 
     sys.stdout.write(config_yaml(merged_config(args.config_yml, args.args)))
     return 0

@@ -80,7 +80,7 @@ def _fairchem(argv: list[str]) -> int:
     from fairchem.core.common.flags import flags
 
     from fairchem_deq.command import RC_INTERRUPTED, RC_TERMINATED, Terminated, report_error, sigterm_as_interrupt
-    from fairchem_deq.config_check import DEQConfigError, check_deq_blocks
+    from fairchem_deq.config.check import DEQConfigError, check_deq_blocks
 
     sys.argv = ["fairchem", *argv]
     args, override_args = flags.get_parser().parse_known_args(argv)

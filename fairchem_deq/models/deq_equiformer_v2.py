@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from fairchem.core.common import gp_utils
@@ -154,6 +155,9 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     solve starts, and the output gains `adjoint` (an `AdjointRecord`; `per_atom()` gives the
     solution once the forces have been taken).
     """
+
+    # the config block it reads, relative to model.backbone (checked before a run starts)
+    config_blocks: ClassVar[dict] = {"deq": DEQBackboneOptions}
 
     def __init__(
         self,

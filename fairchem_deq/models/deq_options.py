@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fairchem_deq.config_blocks import parse_options
+from fairchem_deq.config.blocks import parse_options
 
 from .injections import get_injection
 

@@ -21,7 +21,7 @@ import math
 
 from fairchem.core.models.equiformer_v2.trainers.dens_trainer import DenoisingPosParams
 
-from fairchem_deq.config_blocks import parse_options
+from fairchem_deq.config.blocks import parse_options
 
 KEYS = ("use_denoising_pos", "denoising_pos_params", "denoising_pos_coefficient")
 

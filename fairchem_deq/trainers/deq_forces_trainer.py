@@ -5,9 +5,10 @@ comparison, fixed-point-correction outputs), `_compute_loss` (adds the correctio
 `_compute_metrics` (adds solver statistics, so they reach fairchem's log line and its
 tensorboard/wandb logger), `_aggregate_metrics` (the same metric keys on every DDP rank),
 and `validate` / `predict` / `run_relaxations` (trajectory order, a fresh cache, a summary
-of solver statistics). Mixins shared with the explicit baselines' trainer: atomic checkpoints
-and a checkpoint at the end of every run (`training_run.py`), readout constants from the
-data (`readout_constants.py`), EMA warm-up (`ema_warmup.py`). Everything else, including
+of solver statistics; under DDP, padding batches that count nowhere, see
+`trajectory_sampler.py`). Mixins shared with the explicit baselines' trainer: atomic
+checkpoints and a checkpoint at the end of every run (`training_run.py`), readout constants
+from the data (`readout_constants.py`), EMA warm-up (`ema_warmup.py`). Everything else, including
 the checkpoint contents, resume, DDP and the LR schedule, is fairchem's.
 """
 
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -24,7 +26,7 @@ from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
-from fairchem_deq.config_blocks import parse_options
+from fairchem_deq.config.check import check_config
 from fairchem_deq.reuse import ReuseOptions, ReuseStep, forward_with_reuse
 from fairchem_deq.reuse.cache import batch_keys
 
@@ -36,29 +38,27 @@ from .relax_trajectories import record_initial_frames
 from .solver_stats import SolverStatsAccumulator
 from .train_options import DEQTrainOptions
 from .training_run import TrainingRunMixin
-from .trajectory_sampler import TrajectoryBatchSampler, dataset_sids_fids
+from .trajectory_sampler import PaddedDataset, TrajectoryBatchSampler, dataset_sids_fids, is_padding
 
 
 @registry.register_trainer("deq_forces")
 class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, EquiformerV2ForcesTrainer):
-    def __init__(self, *args, name: str = "s2ef", **kwargs):
-        # fairchem creates the run folders before it builds the model: check the DEQ blocks
-        # first, so a bad key is one clear error and leaves nothing behind
-        from fairchem_deq.config_check import check_config
+    # the config blocks it reads (fairchem_deq.config.check parses each once, before a run)
+    config_blocks: ClassVar[dict] = {"task.deq": ReuseOptions, "optim.deq": DEQTrainOptions}
 
-        check_config(
-            {
-                "model": kwargs.get("model"),
-                "task": kwargs.get("task"),
-                "optim": kwargs.get("optimizer"),
-                "trainer": f"{__name__}.DEQForcesTrainer",
-            }
+    def __init__(self, *args, name: str = "s2ef", **kwargs):
+        # fairchem creates the run folders before it builds the model: check every block of
+        # the trainer and the backbone first, so a bad key is one clear error and leaves
+        # nothing behind
+        blocks = check_config(
+            {"model": kwargs.get("model"), "task": kwargs.get("task"), "optim": kwargs.get("optimizer")},
+            trainer=type(self),
         )
         # fairchem names the task "ocp" for any trainer it does not know (dotted paths
         # included), which drops the S2EF metrics and renames the prediction file.
         super().__init__(*args, name="s2ef" if name == "ocp" else name, **kwargs)
-        self.reuse_options = parse_options(ReuseOptions, self.config["task"].get("deq"), "task.deq")
-        self.deq_train = parse_options(DEQTrainOptions, self.config["optim"].get("deq"), "optim.deq")
+        self.reuse_options: ReuseOptions = blocks["task.deq"]
+        self.deq_train: DEQTrainOptions = blocks["optim.deq"]
         self.fixed_point_cache = self.reuse_options.make_cache()
         self.last_step: ReuseStep | None = None  # the latest forward pass (outputs, solution, guess)
         self.solver_stats = SolverStatsAccumulator()
@@ -66,6 +66,10 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self._segments: TrajectoryBatchSampler | None = None  # while a trajectory-ordered pass runs
         self._last_deq_metrics: dict = {}
         self._fpc_outputs: list[dict] = []
+        # padding batches of a trajectory-ordered pass (trajectory_sampler): their loss values
+        # [sum, count], left out of the validation loss, and which predicted rows are padding
+        self._padding_loss = [0.0, 0]
+        self._padding_rows: list[bool] = []
 
     # ---- model access -------------------------------------------------------------
     @property
@@ -101,6 +105,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self.normalizers["forces"] = Normalizer(mean=0.0, rmsd=energy.rmsd.detach().clone()).to(self.device)
 
     def _aggregate_metrics(self, metrics):
+        total, count = self._padding_loss
+        if count and "loss" in metrics:  # fairchem's validate adds every batch's loss itself
+            metrics["loss"]["total"] -= total
+            metrics["loss"]["numel"] -= count
+        self._padding_loss = [0.0, 0]
         return aggregate_over_ranks(metrics, self.device)
 
     def _reuse_now(self) -> bool:
@@ -111,34 +120,44 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
     # ---- forward / loss / metrics -------------------------------------------------
     def _forward(self, batch):
         batch = batch.to(self.device)
+        padding = is_padding(batch)  # run only so that every rank issues the same collectives
+        if self._segments is not None:
+            self._padding_rows += [padding] * len(batch.natoms)
+        keys = self._cache_keys(batch)
         step = forward_with_reuse(
             super()._forward,
             self._backbone,
             batch,
             self.fixed_point_cache,
-            self._cache_keys(batch),
-            reuse=self._reuse_now(),
+            keys,
+            reuse=keys is not None and self._reuse_now() and not padding,  # padding: leave the cache alone
             compare_cold=not self.model.training and self.reuse_options.compare_cold and not self._in_relaxation,
             lockstep=self._segments is not None or self._in_relaxation,
         )
         self.last_step = step
         out, solution = step.outputs, step.solution
-        self._last_deq_metrics = self.solver_stats.add(
-            solution["deq_stats"],
-            warm=step.guess.warm if step.guess.z0 is not None else None,
-            cold_stats=None if step.cold_solution is None else step.cold_solution["deq_stats"],
-            forces=out.get("forces"),
-            cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
-            natoms=batch.natoms,
-            refused=step.guess.refused,
-        )
+        self._last_deq_metrics = {}
+        if not padding:
+            self._last_deq_metrics = self.solver_stats.add(
+                solution["deq_stats"],
+                warm=step.guess.warm if step.guess.z0 is not None else None,
+                cold_stats=None if step.cold_solution is None else step.cold_solution["deq_stats"],
+                forces=out.get("forces"),
+                cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
+                natoms=batch.natoms,
+                refused=step.guess.refused,
+            )
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
             self._fpc_outputs = [self._decode_state(s, solution, batch) for s in solution.get("deq_states", [])]
         return out
 
-    def _cache_keys(self, batch) -> list:
-        """Fixed-point cache keys: (sid, segment) in a trajectory-ordered pass, else sids."""
+    def _cache_keys(self, batch) -> list | None:
+        """Fixed-point cache keys: (sid, segment) in a trajectory-ordered pass, else sids;
+        None for a batch without sids (fairchem's OCPCalculator converts bare Atoms: every
+        call is an independent structure, solved from zero and not cached)."""
+        if getattr(batch, "sid", None) is None:
+            return None
         sids = batch_keys(batch)
         if self._segments is None or "fid" not in batch:
             return sids
@@ -171,9 +190,13 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         if self._fpc_outputs:
             correction = sum(super(DEQForcesTrainer, self)._compute_loss(o, batch) for o in self._fpc_outputs)
             loss = loss + self.deq_train.fpc_weight * correction / len(self._fpc_outputs)
+        if is_padding(batch):
+            self._padding_loss = [self._padding_loss[0] + float(loss), self._padding_loss[1] + 1]
         return loss
 
     def _compute_metrics(self, out, batch, evaluator, metrics=None):
+        if is_padding(batch):
+            return {} if metrics is None else metrics
         metrics = super()._compute_metrics(out, batch, evaluator, metrics)
         for key, stat in self._last_deq_metrics.items():
             metrics = evaluator.update(key, stat, metrics)
@@ -185,22 +208,25 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             return loader
         if not isinstance(loader, torch.utils.data.DataLoader):
             return loader
-        sids, fids = dataset_sids_fids(loader.dataset)
+        rank, world_size = distutils.get_rank(), distutils.get_world_size()
+        sids, fids = dataset_sids_fids(loader.dataset, rank, world_size, _all_gather_object)  # kept on the dataset
         sampler = TrajectoryBatchSampler(
             sids,
             fids,
             batch_size=self.config["optim"].get("eval_batch_size", self.config["optim"]["batch_size"]),
-            rank=distutils.get_rank(),
-            world_size=distutils.get_world_size(),
+            rank=rank,
+            world_size=world_size,
         )
         self._segments = sampler
-        return self.get_dataloader(loader.dataset, sampler)
+        return self.get_dataloader(PaddedDataset(loader.dataset), sampler)
 
     def _start_evaluation(self):
         self.fixed_point_cache.clear()
         self.fixed_point_cache.reset_counters()
         self.solver_stats.reset()
         self._segments = None
+        self._padding_loss = [0.0, 0]
+        self._padding_rows = []
 
     def validate(self, split: str = "val", disable_tqdm: bool = False):
         self._start_evaluation()
@@ -221,9 +247,13 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
 
     # ---- float64 energies (fairchem_deq/trainers/float64_outputs.py) ------------------
     def _denorm_preds(self, target_key, prediction, batch):
+        if is_padding(batch):  # dropped from the predictions: kept out of the float64 stash
+            return super()._denorm_preds(target_key, prediction, batch)
         return float64_outputs.denorm_preds(self, super()._denorm_preds, target_key, prediction, batch)
 
     def save_results(self, predictions, results_file, keys=None):
+        _drop_padding_rows(predictions, self._padding_rows)
+        self._padding_rows = []
         return super().save_results(float64_outputs.restore_float64(self, predictions), results_file, keys)
 
     def predict(self, data_loader, per_image: bool = True, results_file: str | None = None, disable_tqdm: bool = False):
@@ -282,6 +312,16 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
 MARKOV_WARNING = 0.05
 
 
+def _drop_padding_rows(predictions: dict, rows: list[bool]) -> None:
+    """Removes the padding batches' structures from fairchem's per-structure prediction lists
+    (in place: fairchem's `predict` returns the same dict); `rows`: padding flag per structure."""
+    if not any(rows) or len(predictions.get("ids", ())) != len(rows):
+        return
+    for key, values in predictions.items():
+        if len(values) == len(rows):
+            predictions[key] = [v for v, pad in zip(values, rows) if not pad]
+
+
 def _has_energy_gradient_forces(model_config: dict) -> bool:
     from fairchem_deq.models.gradient_forces_head import EnergyGradientForcesHead
 
@@ -290,17 +330,36 @@ def _has_energy_gradient_forces(model_config: dict) -> bool:
     return any(isinstance(c, type) and issubclass(c, EnergyGradientForcesHead) for c in classes)
 
 
-def _all_reduce_max(value: float, device) -> float:
+def _all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...]; [obj] without DDP."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _all_reduce_max(value: float, device) -> float:
+    return _all_reduce(value, device, dist.ReduceOp.MAX)
 
 
 def _all_reduce_sum(value: float, device) -> float:
+    return _all_reduce(value, device, dist.ReduceOp.SUM)
+
+
+# One long-lived buffer per device for these reductions. A reduced tensor that Python frees at
+# once can hang a gloo (CPU) run at exit: the gloo worker thread drops the last reference late,
+# needs the GIL to free the Python object, and the main thread holds the GIL while it joins that
+# thread in the process group's destructor (seen with torch 2.13 in about half of 2-rank runs).
+_REDUCE_BUFFERS: dict = {}
+
+
+def _all_reduce(value: float, device, op) -> float:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
+    buffer = _REDUCE_BUFFERS.get(str(device))
+    if buffer is None:
+        buffer = _REDUCE_BUFFERS[str(device)] = torch.zeros(1, dtype=torch.float64, device=device)
+    buffer.fill_(value)
+    dist.all_reduce(buffer, op=op)
+    return float(buffer.item())

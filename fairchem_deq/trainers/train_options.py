@@ -15,3 +15,10 @@ from dataclasses import dataclass
 class DEQTrainOptions:
     fpc_weight: float = 0.0
     reuse_in_training: bool = False
+
+    def __post_init__(self):
+        if not float(self.fpc_weight) >= 0.0:
+            raise ValueError(f"optim.deq.fpc_weight must be >= 0, got {self.fpc_weight}")
+        self.fpc_weight = float(self.fpc_weight)
+        if not isinstance(self.reuse_in_training, bool):
+            raise ValueError(f"optim.deq.reuse_in_training must be true or false, got {self.reuse_in_training!r}")
