@@ -19,29 +19,8 @@ TIGHT = ["--model.backbone.deq.eval_cold.tol=0.001", "--model.backbone.deq.eval_
 
 
 def _predict(tmp_path, checkpoint, ethanol_lmdb, test_src, name, extra=()):
-    run_cli(
-        [
-            "--mode",
-            "predict",
-            "--config-yml",
-            CONFIG,
-            "--cpu",
-            "--checkpoint",
-            str(checkpoint),
-            "--run-dir",
-            str(tmp_path),
-            "--identifier",
-            name,
-            "--timestamp-id",
-            name,
-            *TINY_OVERRIDES,
-            *dataset_overrides(ethanol_lmdb),
-            f"--dataset.test.src={test_src}",
-            *TIGHT,
-            *extra,
-        ],
-        cwd=tmp_path,
-    )
+    """`--mode predict` of `test_src` on one CPU rank -> (predictions, solver statistics)."""
+    _cli_run(tmp_path, checkpoint, ethanol_lmdb, "predict", name, "test", test_src, ranks=1, extra=extra)
     results = tmp_path / "results" / name
     return np.load(results / "s2ef_predictions.npz"), json.loads(
         (results / "s2ef_predictions_deq_stats.json").read_text()
@@ -217,7 +196,7 @@ def test_two_rank_ddp_training_validates_and_logs_solver_statistics(tmp_path, et
     assert state["step"] == 64 // (4 * 2)  # 64 frames, batch 4 per rank, 2 ranks
 
 
-def _two_ranks(tmp_path, checkpoint, ethanol_lmdb, mode, name, split, src, batch=4, ranks=2):
+def _cli_run(tmp_path, checkpoint, ethanol_lmdb, mode, name, split, src, batch=4, ranks=2, extra=()):
     """`--mode` run of the checkpoint with `split` read from `src`, on `ranks` CPU ranks."""
     return run_cli(
         [
@@ -241,6 +220,7 @@ def _two_ranks(tmp_path, checkpoint, ethanol_lmdb, mode, name, split, src, batch
             f"--optim.eval_batch_size={batch}",
             "--optim.scheduler_params.warmup_epochs=0.25",  # >= 1 step of the 8 per epoch per rank
             *TIGHT,
+            *extra,
         ],
         cwd=tmp_path,
         timeout=400,  # a rank left waiting in a collective fails the test instead of hanging it
@@ -262,7 +242,7 @@ def test_two_rank_validate_and_predict_with_uneven_batches_per_rank(tmp_path, tr
     # as fairchem's make_lmdb_sizes writes it: the ranks read sid/fid from the LMDB, half each
     np.savez(src / "metadata.npz", natoms=np.load(src / "metadata.npz")["natoms"])
 
-    proc = _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val2", "val", src)
+    proc = _cli_run(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val2", "val", src)
     log = proc.stdout + proc.stderr
     assert "Running in local mode with 2 ranks" in log
     assert "Reading sid/fid of 13 items" in log and "Reading sid/fid of 12 items" in log
@@ -270,13 +250,13 @@ def test_two_rank_validate_and_predict_with_uneven_batches_per_rank(tmp_path, tr
     # 7 segments, each solved cold once: the padding batch's 3 cold solves are not counted
     assert val["deq_nstep_count"] == 25 and val["deq_nstep_warm_count"] == 18
     # one rank with batch 8 steps the same 7 segments (8 wanted): the same solves, no padding
-    single = _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val1", "val", src, batch=8, ranks=1)
+    single = _cli_run(tmp_path, trained_checkpoint, ethanol_lmdb, "validate", "val1", "val", src, batch=8, ranks=1)
     metrics = [dict(re.findall(r"(\w+): ([-+0-9.e]+)", p.stdout + p.stderr)) for p in (proc, single)]
     for key in ("energy_mae", "forces_mae", "forces_cosine_similarity"):
         # logged to 4 decimals; counting the 3 padding copies moved energy_mae by 1.6 %
         assert float(metrics[0][key]) == pytest.approx(float(metrics[1][key]), rel=1e-3, abs=2e-4), key
 
-    _two_ranks(tmp_path, trained_checkpoint, ethanol_lmdb, "predict", "pred2", "test", src)
+    _cli_run(tmp_path, trained_checkpoint, ethanol_lmdb, "predict", "pred2", "test", src)
     results = tmp_path / "results" / "pred2"
     preds = np.load(results / "s2ef_predictions.npz")
     assert sorted(preds["ids"].tolist()) == sorted(f"0_{i}" for i in range(25))  # each frame once
