@@ -65,21 +65,28 @@ def run_tests() -> dict:
     return results
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn, repeats: int) -> float:
     """Median seconds of fn() with CUDA synchronised around each call (2 warm-up calls)."""
     times = []
     for i in range(repeats + 2):
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def mixed_precision(repeats: int) -> dict:
-    """fp32 vs fp16/bf16 autocast on the OC20 DEQ1 width at a bundled slab."""
+def mixed_precision(repeats: int, device: str = "cuda", solver_variants: bool = False) -> dict:
+    """fp32 vs fp16/bf16 autocast on the OC20 DEQ1 width at a bundled slab (fresh weights).
+    `solver_variants`: also with f's blocks under autocast (deq.solve_under_autocast) and the
+    whole solve under autocast (the package before issue 22)."""
     import yaml
     from ase.io import read
 
@@ -87,26 +94,45 @@ def mixed_precision(repeats: int) -> dict:
     from fairchem_deq.reuse.forward import captured_output
 
     deq = yaml.safe_load((REPO / "configs/includes/oc20/deq1.yml").read_text())["model"]["backbone"]["deq"]
-    model = build_model(OC20_200K, 1, deq=deq).eval().cuda()
+    import contextlib
+
+    import fairchem_deq.models.deq_solver as deq_solver
+
+    model = build_model(OC20_200K, 1, deq=deq).eval().to(device)
     atoms = read(TEST_DATA / "random1000156.traj", index=0)
-    batch = atoms_to_batch([atoms]).to("cuda")
+    batch = atoms_to_batch([atoms]).to(device)
+    options = model.backbone.deq_options
+    float32_solve = deq_solver.float32_solver
+    variants = {"": (False, float32_solve)}
+    if solver_variants:
+        variants[" f under autocast"] = (True, float32_solve)
+        variants[" solve under autocast (before issue 22)"] = (False, lambda f, *_: (f, contextlib.nullcontext()))
+    runs = [("float32", None, "")] + [
+        (f"{name}{variant}", dtype, variant)
+        for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16))
+        for variant in variants
+    ]
     out, reference = {}, None
-    for label, dtype in (("float32", None), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+    for label, dtype, variant in runs:
+        options.solve_under_autocast, deq_solver.float32_solver = variants[variant]
 
         def forward(dtype=dtype):
-            autocast = torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None)
+            autocast = torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
             with torch.no_grad(), autocast, captured_output(model.backbone) as captured:
                 forces = model(batch)["forces"]["forces"].float()
             return forces, captured["output"]["deq_stats"]
 
-        forces, stats = forward()
+        try:
+            forces, stats = forward()
+        finally:
+            deq_solver.float32_solver = float32_solve
         reference = forces if reference is None else reference
         out[label] = {
             "evaluations": int(stats["nstep"][0]),
             "converged": bool(stats["converged"][0]),
             "rel_residual": float(stats["rel_residual"][0]),
             "force_deviation_vs_float32": float((forces - reference).norm() / reference.norm()),
-            "seconds": _timed(forward, repeats),
+            "seconds": _timed(forward, repeats) if repeats else None,
         }
         print(label, out[label], flush=True)
     out["structure"] = {"file": "tests/data/random1000156.traj", "atoms": len(atoms)}
@@ -145,7 +171,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument(
+        "--cpu-mixed-precision",
+        action="store_true",
+        help="only the mixed-precision comparison, on the CPU (CPU autocast; writes gpu_check_cpu_amp.json)",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_mixed_precision:
+        import fairchem_deq
+
+        result = mixed_precision(0, device="cpu", solver_variants=True)
+        write_json(
+            "gpu_check_cpu_amp",
+            {"command": "python -m benchmarks.gpu_check --cpu-mixed-precision", "machine": machine(), **result},
+        )
+        return 0
     if not torch.cuda.is_available():
         print(f"gpu-check skipped: CUDA is not available here (torch {torch.__version__}); run it on a GPU machine")
         return 0
