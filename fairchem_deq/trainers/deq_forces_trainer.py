@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
@@ -347,19 +348,20 @@ def _all_reduce_sum(value: float, device) -> float:
     return _all_reduce(value, device, dist.ReduceOp.SUM)
 
 
-# One long-lived buffer per device for these reductions. A reduced tensor that Python frees at
-# once can hang a gloo (CPU) run at exit: the gloo worker thread drops the last reference late,
-# needs the GIL to free the Python object, and the main thread holds the GIL while it joins that
-# thread in the process group's destructor (seen with torch 2.13 in about half of 2-rank runs).
-_REDUCE_BUFFERS: dict = {}
+# The latest reductions' Work objects, kept referenced. torch 2.13 frees a tensor's Python object,
+# under the GIL, when the tensor's last C++ reference goes. If gloo's (CPU) worker thread held the
+# last reference to a finished reduction, it could still be waiting for the GIL to free it when the
+# process group is destroyed at exit, and that destructor joins the thread while holding the GIL:
+# about half of the 2-rank CPU predict runs hung after writing their results. These reductions
+# are the last collectives of every evaluation pass (`_summarise`).
+_RECENT_WORKS: deque = deque(maxlen=64)
 
 
 def _all_reduce(value: float, device, op) -> float:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    buffer = _REDUCE_BUFFERS.get(str(device))
-    if buffer is None:
-        buffer = _REDUCE_BUFFERS[str(device)] = torch.zeros(1, dtype=torch.float64, device=device)
-    buffer.fill_(value)
-    dist.all_reduce(buffer, op=op)
-    return float(buffer.item())
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    work = dist.all_reduce(t, op=op, async_op=True)
+    work.wait()
+    _RECENT_WORKS.append(work)
+    return float(t.item())
