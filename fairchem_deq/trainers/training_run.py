@@ -9,6 +9,10 @@
 - `load_extras` refuses a warm-up shorter than one step with a message: fairchem's
   EquiformerV2 scheduler turns `warmup_epochs` into int(warmup_epochs * steps per epoch)
   and divides by it (ZeroDivisionError deep inside the scheduler);
+- `optim.schedule_epochs` (optional, may be fractional) is the length of the learning-rate
+  schedule in epochs when it should differ from `max_epochs`: fairchem's loop needs whole
+  epochs, so a run stopped by a CPU or wall budget of, say, 0.9 epoch could not otherwise
+  end its cosine at the budget;
 - the config it saves in checkpoints names the trainer class (`config["trainer"]`, a dotted
   path): fairchem 1.10 stores there the *task* name its CLI passes as `name` ("s2ef"), and its
   OCPCalculator builds the trainer from that entry, so `OCPCalculator(checkpoint_path=...)`
@@ -52,8 +56,21 @@ class TrainingRunMixin:
                 logging.info("Final checkpoint (step %d): %s", self.step, path)
 
     def load_extras(self) -> None:
-        check_warmup(self.config["optim"], self.train_loader)
-        super().load_extras()
+        optim = self.config["optim"]
+        check_warmup(optim, self.train_loader)
+        schedule_epochs = optim.get("schedule_epochs")
+        if schedule_epochs is None:
+            super().load_extras()
+            return
+        if not isinstance(schedule_epochs, (int, float)) or schedule_epochs <= 0:
+            raise ValueError(f"optim.schedule_epochs must be a positive number of epochs, got {schedule_epochs!r}")
+        # fairchem's EquiformerV2 trainers size the schedule from max_epochs while building it
+        max_epochs = optim["max_epochs"]
+        optim["max_epochs"] = schedule_epochs
+        try:
+            super().load_extras()
+        finally:
+            optim["max_epochs"] = max_epochs
 
 
 def trainer_path(cls: type) -> str:
