@@ -32,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "more than this (e.g. 0.5 from an equilibrium frame); default off",
     )
     parser.add_argument(
+        "--bond-reference",
+        default=None,
+        metavar="FILE",
+        help="reference (DFT) frames of the molecule: sGDML .npz, any file ASE reads (.xyz, .traj, ...; "
+        "FILE@10: picks frames), or a saved BondReference .json. Stops at the first step where a covalent "
+        "bond (covalent radii x 1.2 in the first frame) deviates from its mean length over these frames by "
+        "more than --max-bond-deviation: the stability criterion of Fu et al. 2023; default off",
+    )
+    parser.add_argument(
+        "--max-bond-deviation",
+        type=float,
+        default=0.5,
+        help="Å, with --bond-reference: the largest allowed |bond length - reference mean| (default 0.5)",
+    )
+    parser.add_argument(
         "--print-every", type=int, default=0, help="print energy, temperature and solver iterations every N steps"
     )
 
@@ -42,7 +57,9 @@ OUTPUTS = ("md.traj", "md_log.csv", "report.json")
 def run(args: argparse.Namespace) -> int:
     from fairchem_deq.outputs import staged_outputs
     from fairchem_deq.simulate.md import run_md
+    from fairchem_deq.simulate.stability import BondReference
 
+    bond_reference = BondReference.from_file(args.bond_reference) if args.bond_reference else None
     with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
         calc, atoms = load_calculator_and_structure(args)
         report = run_md(
@@ -60,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             min_distance=args.min_distance,
             progress=not args.no_progress,
             max_bond_stretch=args.max_bond_stretch,
+            bond_reference=bond_reference,
+            max_bond_deviation=args.max_bond_deviation,
             on_step=_printer(args.print_every),
         )
         summary = report.to_dict()

@@ -22,6 +22,7 @@ from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from fairchem_deq.outputs import partial_path, write_csv_atomic
+from fairchem_deq.simulate.stability import COLLAPSE_DEVIATION, BondReference, bond_lengths, bond_name, covalent_bonds
 
 LOG_FIELDS = [
     "step",
@@ -34,6 +35,7 @@ LOG_FIELDS = [
     "rel_residual",
     "max_force_eVA",
     "min_distance_A",
+    "max_bond_deviation_A",  # with a bond reference: largest |bond length - reference mean|
 ]
 
 
@@ -49,6 +51,10 @@ class MDReport:
     unphysical_reason: str | None
     trajectory: str | None
     log: str | None
+    # the thresholds the run was stopped by (max_force_eVA, min_distance_A, max_bond_stretch_A,
+    # max_bond_deviation_A and bond_reference: the reference's description, None when off)
+    stop_criteria: dict = field(default_factory=dict)
+    max_bond_deviation_A: float | None = None  # with a bond reference: the largest over the run
     rows: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -62,26 +68,6 @@ def _min_distance(atoms: Atoms) -> float:
         return float("inf")
     d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
     return float(d[np.triu_indices(len(atoms), 1)].min())
-
-
-def covalent_bonds(atoms: Atoms, mult: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
-    """Bonded pairs (i < j) of a structure by ASE's covalent radii x `mult`, and their lengths."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-
-    i, j, d = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=mult))
-    keep = i < j
-    return np.stack([i[keep], j[keep]], axis=1), d[keep]
-
-
-def _bond_lengths(atoms: Atoms, pairs: np.ndarray) -> np.ndarray:
-    if not len(pairs):
-        return np.zeros(0)
-    diff = atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]]
-    if atoms.pbc.any():
-        from ase.geometry import find_mic
-
-        diff, _ = find_mic(diff, atoms.cell, atoms.pbc)
-    return np.linalg.norm(diff, axis=1)
 
 
 def run_md(
@@ -101,16 +87,23 @@ def run_md(
     progress: bool = True,
     init_velocities: bool = True,
     max_bond_stretch: float | None = None,
+    bond_reference: BondReference | None = None,
+    max_bond_deviation: float = COLLAPSE_DEVIATION,
     on_step: Callable[[dict], None] | None = None,
 ) -> MDReport:
     """Runs MD; stops early when forces exceed `max_force` (eV/Å), two atoms come closer
-    than `min_distance` (Å), energies become non-finite, or (with `max_bond_stretch`, Å) a
+    than `min_distance` (Å), energies become non-finite, (with `max_bond_stretch`, Å) a
     covalent bond of the starting structure is longer or shorter than there by more than
-    that: the usual stability test of MD force fields (start from an equilibrium frame).
+    that, or (with `bond_reference`) a reference bond's length deviates from its mean over
+    the reference data by more than `max_bond_deviation` Å: Fu et al. 2023's collapse
+    criterion (`fairchem_deq.simulate.stability`; the structure must hold the reference's
+    atoms in its order, else ValueError before any step).
     `on_step(row)` is called with every step's log row as soon as it exists (e.g. to print
     progress while the run goes on)."""
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"unknown ensemble {ensemble!r}; choose 'nve' or 'nvt'")
+    if bond_reference is not None:
+        bond_reference.check(atoms)
     atoms = atoms.copy()
     atoms.calc = calculator
     if init_velocities:
@@ -153,7 +146,10 @@ def run_md(
                 "rel_residual": stats.get("rel_residual"),
                 "max_force_eVA": float(np.linalg.norm(forces, axis=1).max()),
                 "min_distance_A": _min_distance(atoms),
+                "max_bond_deviation_A": None,
             }
+            if bond_reference is not None:
+                row["max_bond_deviation_A"], deviated_bond = bond_reference.worst_bond(atoms)
             rows.append(row)
             if on_step is not None:
                 on_step(row)
@@ -168,17 +164,22 @@ def run_md(
             elif row["min_distance_A"] < min_distance:
                 unphysical_step, reason = step, f"atoms {row['min_distance_A']:.2f} Å apart < {min_distance}"
             elif len(bonds):
-                stretch = np.abs(_bond_lengths(atoms, bonds) - bond_ref)
+                stretch = np.abs(bond_lengths(atoms, bonds) - bond_ref)
                 worst = int(stretch.argmax())
                 if stretch[worst] > max_bond_stretch:
-                    a, b = bonds[worst]
                     unphysical_step, reason = (
                         step,
                         (
-                            f"bond {atoms[a].symbol}{a}-{atoms[b].symbol}{b} changed by {stretch[worst]:.2f} Å "
+                            f"bond {bond_name(atoms, *bonds[worst])} changed by {stretch[worst]:.2f} Å "
                             f"> {max_bond_stretch} from its starting length {bond_ref[worst]:.2f} Å"
                         ),
                     )
+            if (
+                unphysical_step is None
+                and row["max_bond_deviation_A"] is not None
+                and row["max_bond_deviation_A"] > max_bond_deviation
+            ):
+                unphysical_step, reason = step, f"{deviated_bond} (> {max_bond_deviation} Å, Fu et al. 2023)"
             if unphysical_step is not None:
                 break
     except BaseException:
@@ -196,6 +197,7 @@ def run_md(
         write_csv_atomic(log, rows, LOG_FIELDS)
     iters = [r["solver_iterations"] for r in rows if r["solver_iterations"] is not None]
     drift = energy_drift(rows, len(atoms)) if ensemble == "nve" else None
+    deviations = [r["max_bond_deviation_A"] for r in rows if r["max_bond_deviation_A"] is not None]
     return MDReport(
         steps_run=rows[-1]["step"],
         ensemble=ensemble,
@@ -207,6 +209,14 @@ def run_md(
         unphysical_reason=reason,
         trajectory=str(trajectory) if trajectory else None,
         log=str(log) if log else None,
+        stop_criteria={
+            "max_force_eVA": max_force,
+            "min_distance_A": min_distance,
+            "max_bond_stretch_A": max_bond_stretch,
+            "max_bond_deviation_A": max_bond_deviation if bond_reference is not None else None,
+            "bond_reference": bond_reference.description if bond_reference is not None else None,
+        },
+        max_bond_deviation_A=max(deviations) if deviations else None,
         rows=rows,
     )
 
