@@ -130,6 +130,38 @@ def trained_checkpoint(tmp_path_factory, ethanol_lmdb):
     return run_dir / "checkpoints" / "tiny" / "checkpoint.pt"
 
 
+@pytest.fixture(scope="session")
+def explicit_checkpoint(tmp_path_factory, ethanol_lmdb):
+    """A tiny explicit EquiformerV2 (one block) trained for one epoch on ethanol through
+    fairchem's CLI (the shipped eqv2_4l recipe)."""
+    from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, run_cli
+
+    run_dir = tmp_path_factory.mktemp("explicit")
+    run_cli(
+        [
+            "--mode",
+            "train",
+            "--config-yml",
+            str(REPO / "configs/md17/ethanol/eqv2_4l.yml"),
+            "--cpu",
+            "--run-dir",
+            str(run_dir),
+            "--identifier",
+            "explicit",
+            "--timestamp-id",
+            "explicit",
+            *TINY_OVERRIDES,
+            *dataset_overrides(ethanol_lmdb),
+            "--model.backbone.num_layers=1",
+            "--optim.max_epochs=1",
+            "--optim.eval_every=1000000",
+            "--optim.checkpoint_every=-1",
+        ],
+        cwd=run_dir,
+    )
+    return run_dir / "checkpoints" / "explicit" / "checkpoint.pt"
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for tiny models and solves: they gain nothing from two, and on a busy

@@ -89,18 +89,44 @@ def test_a_distant_structure_is_solved_cold_not_from_the_stored_fixed_point(trai
 
 
 def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
+    from fairchem_deq import DEQCalculator
     from fairchem_deq.simulate import check_deq_checkpoint
 
     eqv2 = tmp_path / "eqv2.pt"
     torch.save({"config": {"model": {"name": "hydra", "backbone": {"model": "equiformer_v2_backbone"}}}}, eqv2)
     with pytest.raises(ValueError, match="not a DEQuiformer checkpoint.*equiformer_v2_backbone"):
         check_deq_checkpoint(eqv2)
+    other = tmp_path / "other.pt"
+    torch.save({"config": {"model": {"name": "hydra", "backbone": {"model": "schnet_backbone"}}}}, other)
+    with pytest.raises(ValueError, match="neither a DEQuiformer nor an EquiformerV2 checkpoint.*schnet_backbone"):
+        DEQCalculator(other)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         check_deq_checkpoint(garbage)
     with pytest.raises(FileNotFoundError):
         check_deq_checkpoint(tmp_path / "missing.pt")
+
+
+def test_an_explicit_equiformer_v2_runs_through_the_same_calculator(explicit_checkpoint):
+    """Baselines go through DEQCalculator's path (graph, weights, float64 energies), without a
+    fixed point; the numbers equal fairchem's own OCPCalculator on the same weights."""
+    from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+
+    from fairchem_deq import DEQCalculator
+
+    calc = DEQCalculator(explicit_checkpoint, weights="raw")
+    assert not calc.is_deq and calc.fixed_point_cache is None and not calc.reuse
+    reference = OCPCalculator(checkpoint_path=explicit_checkpoint, cpu=True, seed=0)
+    for atoms in ethanol_atoms([0, 1]):
+        ours, theirs = atoms.copy(), atoms.copy()
+        ours.calc, theirs.calc = calc, reference
+        assert ours.get_potential_energy() == pytest.approx(theirs.get_potential_energy(), abs=1e-3)
+        np.testing.assert_allclose(ours.get_forces(), theirs.get_forces(), atol=1e-5)
+        assert calc.last_solver_stats == {"weights": "raw"}
+    assert DEQCalculator(explicit_checkpoint).weights == "ema"
+    with pytest.raises(ValueError, match="explicit EquiformerV2: it has no fixed-point solve to set \\(tol\\)"):
+        DEQCalculator(explicit_checkpoint, tol=1e-3)
 
 
 def test_nve_md_logs_energy_temperature_and_solver_iterations(calc, tmp_path):

@@ -22,6 +22,11 @@ Weights: the ones fairchem's validation reports, i.e. the checkpoint's EMA weigh
 holds them (`weights="auto"`, the default; `calc.weights` and `last_solver_stats["weights"]`
 say "ema" or "raw"). fairchem's OCPCalculator evaluates the raw weights of `checkpoint.pt`;
 `weights="raw"` does the same here (see fairchem_deq/checkpoint_weights.py).
+
+Explicit baselines: a fairchem EquiformerV2 checkpoint (e.g. configs/md17/ethanol/eqv2_4l.yml)
+runs through the same calculator (same graph building, weights choice and float64 energies,
+no fixed point: `calc.is_deq` is False), so a DEQ and its baselines are compared through one
+code path.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from fairchem.core.common.registry import registry
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone
+from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
 from fairchem_deq.checkpoint_weights import apply_weights, check_weights_choice, resolve_weights
 from fairchem_deq.command import CheckpointError
@@ -45,6 +52,32 @@ TRAINER = "fairchem_deq.trainers.DEQForcesTrainer"
 
 def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
     """Loads a checkpoint's config and fails clearly unless it holds a DEQuiformer."""
+    checkpoint, backbone, cls = _load_checkpoint(checkpoint_path)
+    if cls is None or not issubclass(cls, DEQEquiformerV2Backbone):
+        raise CheckpointError(
+            f"{checkpoint_path} is not a DEQuiformer checkpoint: its model backbone is "
+            f"{backbone!r}, expected fairchem_deq.models.DEQEquiformerV2Backbone. "
+            "Use fairchem's OCPCalculator for it."
+        )
+    return checkpoint
+
+
+def check_calculator_checkpoint(checkpoint_path: str | Path) -> tuple[dict, bool]:
+    """(checkpoint, is_deq) of a DEQuiformer or an explicit EquiformerV2 checkpoint; a clear
+    error for anything else."""
+    checkpoint, backbone, cls = _load_checkpoint(checkpoint_path)
+    if cls is not None and issubclass(cls, DEQEquiformerV2Backbone):
+        return checkpoint, True
+    if cls is not None and issubclass(cls, EquiformerV2Backbone):
+        return checkpoint, False
+    raise CheckpointError(
+        f"{checkpoint_path} is neither a DEQuiformer nor an EquiformerV2 checkpoint: its model backbone "
+        f"is {backbone!r}. Use fairchem's OCPCalculator for it."
+    )
+
+
+def _load_checkpoint(checkpoint_path: str | Path) -> tuple[dict, str | None, type | None]:
+    """The checkpoint, the name of its backbone and the class fairchem's registry gives it."""
     path = Path(checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -56,14 +89,19 @@ def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"{path} is not a fairchem checkpoint (no 'config' with a model)")
     backbone = (config["model"].get("backbone") or {}).get("model") if isinstance(config["model"], dict) else None
-    cls = registry.get_model_class(backbone) if backbone else None
-    if cls is None or not issubclass(cls, DEQEquiformerV2Backbone):
-        raise CheckpointError(
-            f"{path} is not a DEQuiformer checkpoint: its model backbone is "
-            f"{backbone or config['model'].get('name')!r}, expected "
-            "fairchem_deq.models.DEQEquiformerV2Backbone. Use fairchem's OCPCalculator for it."
-        )
-    return checkpoint
+    try:
+        cls = registry.get_model_class(backbone) if backbone else None
+    except RuntimeError:  # a name fairchem's registry does not know
+        cls = None
+    return checkpoint, backbone or config["model"].get("name"), cls
+
+
+def _explicit_trainer(config: dict) -> str:
+    """The trainer that trained an explicit checkpoint when it is an EquiformerV2 forces
+    trainer (ours records its dotted path), else fairchem's."""
+    name = config.get("trainer")
+    cls = registry.get_trainer_class(name) if isinstance(name, str) and "." in name else None
+    return name if isinstance(cls, type) and issubclass(cls, EquiformerV2ForcesTrainer) else "equiformerv2_forces"
 
 
 class DEQCalculator(OCPCalculator):
@@ -104,24 +142,24 @@ class DEQCalculator(OCPCalculator):
         fairchem's OCPCalculator evaluates); `self.weights` says which are used."""
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_weights_choice(weights)
-        checkpoint = check_deq_checkpoint(checkpoint_path)
+        checkpoint, self.is_deq = check_calculator_checkpoint(checkpoint_path)
         resolve_weights(checkpoint, weights, checkpoint_path)  # no EMA to use: fail before loading
+        solve_options = {"tol": tol, "max_iter": max_iter, "solver": solver, "b_tol": b_tol, "b_max_iter": b_max_iter}
+        if not self.is_deq and any(v is not None for v in solve_options.values()):
+            given = ", ".join(k for k, v in solve_options.items() if v is not None)
+            raise ValueError(
+                f"{checkpoint_path} is an explicit EquiformerV2: it has no fixed-point solve to set ({given})"
+            )
         # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
         # element references; in its inference-only mode it drops the EMA weights (the
         # trainer's `ema` is None), so they are put in here.
-        super().__init__(checkpoint_path=checkpoint_path, trainer=TRAINER, cpu=cpu, seed=seed)
+        trainer = TRAINER if self.is_deq else _explicit_trainer(checkpoint["config"])
+        super().__init__(checkpoint_path=checkpoint_path, trainer=trainer, cpu=cpu, seed=seed)
         self.weights = apply_weights(self.trainer._unwrapped_model, checkpoint, weights)
         del checkpoint
         self.model = self.trainer.model.eval()
-        options = self.trainer.reuse_options  # the checkpoint's task.deq block
-        self.fixed_point_cache = FixedPointCache(
-            options.cache_size,
-            warm_start,
-            options.cache_mb,
-            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement,
-            keep_adjoint=reuse_adjoint,
-        )
-        self.reuse, self.compare_cold = reuse, compare_cold
+        self.reuse, self.compare_cold = reuse and self.is_deq, compare_cold and self.is_deq
+        self.fixed_point_cache = self._make_cache(warm_start, reuse_max_displacement, reuse_adjoint)
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
         for phase in ("eval_cold", "eval_warm") if changes else ():
             self.model.backbone.set_solver_settings(phase, **changes)
@@ -134,6 +172,19 @@ class DEQCalculator(OCPCalculator):
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.last_solver_stats: dict[str, float | str] = {}
 
+    def _make_cache(self, warm_start, reuse_max_displacement, reuse_adjoint) -> FixedPointCache | None:
+        """The checkpoint's task.deq block configures the cache; an explicit model has none."""
+        if not self.is_deq:
+            return None
+        options = self.trainer.reuse_options
+        return FixedPointCache(
+            options.cache_size,
+            warm_start,
+            options.cache_mb,
+            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement,
+            keep_adjoint=reuse_adjoint,
+        )
+
     @classmethod
     def from_reference(cls, name: str, **kwargs) -> DEQCalculator:
         """The calculator of a shipped reference model (`fairchem_deq.reference`), e.g.
@@ -144,7 +195,8 @@ class DEQCalculator(OCPCalculator):
 
     def reset_fixed_point(self) -> None:
         """Forget the stored fixed point: the next call solves from zero."""
-        self.fixed_point_cache.clear()
+        if self.fixed_point_cache is not None:
+            self.fixed_point_cache.clear()
 
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
@@ -154,6 +206,12 @@ class DEQCalculator(OCPCalculator):
             self._signature = signature
         batch = atoms_to_batch([self.atoms], fids=[self._calls]).to(self.trainer.device)
         self._calls += 1
+        if not self.is_deq:
+            with torch.no_grad():
+                outputs = self.model(batch)
+            self._store_results(outputs, batch)
+            self.last_solver_stats = {"weights": self.weights}
+            return
         with torch.no_grad():
             step = forward_with_reuse(
                 self.model,
@@ -163,14 +221,17 @@ class DEQCalculator(OCPCalculator):
                 reuse=self.reuse,
                 compare_cold=self.compare_cold,
             )
-        energy = self._physical("energy", step.outputs, batch)
-        forces = self._physical("forces", step.outputs, batch)
-        self.results["energy"] = float(energy.reshape(-1)[0])
-        self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
+        self._store_results(step.outputs, batch)
         self.last_solver_stats = _first_structure(step.solution["deq_stats"])
         self.last_solver_stats["weights"] = self.weights
         if self.compare_cold:
             self.last_solver_stats.update(self._cold_comparison(step, batch))
+
+    def _store_results(self, outputs: dict, batch) -> None:
+        energy = self._physical("energy", outputs, batch)
+        forces = self._physical("forces", outputs, batch)
+        self.results["energy"] = float(energy.reshape(-1)[0])
+        self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
 
     def _physical(self, target: str, outputs: dict, batch) -> torch.Tensor:
         """A model output in physical units: fairchem's normaliser and element references,
