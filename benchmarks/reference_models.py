@@ -49,6 +49,7 @@ from benchmarks.train_oc20 import MINI_WIDTH
 REFERENCE = Path(__file__).parent / "reference"
 TRAINING = REFERENCE / "training"
 RUNS = WORK / "reference_runs"
+SNAPSHOTS = WORK / "reference_snapshots"  # untracked: training states every SAVE_EVERY_CPU_S
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,30 @@ def _write_progress(name: str, record: dict) -> None:
     write_text_atomic(TRAINING / name / "progress.json", json.dumps(record, indent=2))
 
 
-def _save_state(name: str, run_checkpoint: Path) -> bool:
-    """Copies the run's latest complete checkpoint into the tracked state (temp, then rename)."""
+def _save_state(name: str, run_checkpoint: Path, cpu_s: float | None = None) -> bool:
+    """Copies the run's latest complete checkpoint into the tracked state (temp, then rename)
+    and, with `cpu_s` (the run's CPU time over all sessions), into an untracked snapshot
+    `SNAPSHOTS/<name>/cpu_<minutes>.pt` that the learning curves evaluate."""
     if not (run_checkpoint.is_file() and _checkpoint_complete(run_checkpoint)):
         return False
-    target = TRAINING / name / "checkpoint.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".pt.partial")
-    shutil.copyfile(run_checkpoint, tmp)
-    os.replace(tmp, target)
+    targets = [TRAINING / name / "checkpoint.pt"]
+    if cpu_s is not None:
+        targets.append(snapshot_path(name, cpu_s))
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".pt.partial")
+        shutil.copyfile(run_checkpoint, tmp)
+        os.replace(tmp, target)
     return True
+
+
+def snapshot_path(name: str, cpu_s: float) -> Path:
+    return SNAPSHOTS / name / f"cpu_{cpu_s / 60.0:06.1f}.pt"
+
+
+def snapshots(name: str) -> dict[float, Path]:
+    """CPU-minutes -> training-state snapshot of `name` (those this machine kept)."""
+    return {float(p.stem[4:]): p for p in sorted((SNAPSHOTS / name).glob("cpu_*.pt"))}
 
 
 def command(name: str) -> list[str]:
@@ -160,7 +175,7 @@ def train(name: str, budget_cpu_s: float) -> dict:
                 cpu = _cpu_seconds(proc.pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if cpu >= next_save and _save_state(name, run_checkpoint):
+            if cpu >= next_save and _save_state(name, run_checkpoint, start_cpu + cpu):
                 next_save += SAVE_EVERY_CPU_S
                 _write_progress(name, {**record, "cpu_s": start_cpu + cpu, "running": True})
             # fairchem writes checkpoints in place: never stop a run in the middle of a save
@@ -172,7 +187,7 @@ def train(name: str, budget_cpu_s: float) -> dict:
         if proc.poll() is None:  # interrupted (the session ends): stop cleanly, keep the state
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=300)
-        _save_state(name, run_checkpoint)
+        _save_state(name, run_checkpoint, start_cpu + cpu)
         import torch
 
         saved = TRAINING / name / "checkpoint.pt"
