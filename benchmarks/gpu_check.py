@@ -16,12 +16,11 @@ of benchmarks/RESULTS.md are the only ones. On a machine without CUDA it says so
 
     .venv/bin/python -m benchmarks.gpu_check [--repeats 20] [--skip-tests]
 
-Writes benchmarks/results/gpu_check.json.
+Writes benchmarks/results/gpu_check.json (`--out DIR`: DIR/gpu_check.json).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MD_MINI, OC20_200K, TEST_DATA, build_model, machine, write_json
+from benchmarks.fixtures import MD_MINI, OC20_200K, TEST_DATA, build_model, machine, write_json
+from benchmarks.fixtures import parser as make_parser
 
 REPO = Path(__file__).parents[1]
 EXPLICIT = {"EquiformerV2-1": 1, "EquiformerV2-4": 4, "EquiformerV2-8": 8}
@@ -91,12 +91,12 @@ def mixed_precision(repeats: int, device: str = "cuda", solver_variants: bool = 
     from ase.io import read
 
     from fairchem_deq.data.atoms_graphs import atoms_to_batch
-    from fairchem_deq.reuse.forward import captured_output
+    from fairchem_deq.reuse import run_capturing_backbone
 
     deq = yaml.safe_load((REPO / "configs/includes/oc20/deq1.yml").read_text())["model"]["backbone"]["deq"]
     import contextlib
 
-    import fairchem_deq.models.deq_solver as deq_solver
+    import fairchem_deq.solve.solver as deq_solver
 
     model = build_model(OC20_200K, 1, deq=deq).eval().to(device)
     atoms = read(TEST_DATA / "random1000156.traj", index=0)
@@ -118,9 +118,9 @@ def mixed_precision(repeats: int, device: str = "cuda", solver_variants: bool = 
 
         def forward(dtype=dtype):
             autocast = torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-            with torch.no_grad(), autocast, captured_output(model.backbone) as captured:
-                forces = model(batch)["forces"]["forces"].float()
-            return forces, captured["output"]["deq_stats"]
+            with torch.no_grad(), autocast:
+                outputs, backbone_output = run_capturing_backbone(model, model.backbone, batch)
+            return outputs["forces"]["forces"].float(), backbone_output["deq"].stats
 
         try:
             forces, stats = forward()
@@ -168,7 +168,7 @@ def step_cost(repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)  # --out: the results folder (--checkpoints, --threads: unused here)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument(
@@ -184,6 +184,7 @@ def main(argv=None) -> int:
         write_json(
             "gpu_check_cpu_amp",
             {"command": "python -m benchmarks.gpu_check --cpu-mixed-precision", "machine": machine(), **result},
+            args.out,
         )
         return 0
     if not torch.cuda.is_available():
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
         "mixed_precision": mixed_precision(args.repeats),
         "step_cost": step_cost(args.repeats),
     }
-    path = write_json("gpu_check", payload)
+    path = write_json("gpu_check", payload, args.out)
     print(f"wrote {path}")
     failed = [name for name, r in payload["tests"].items() if r["returncode"] != 0]
     return 1 if failed else 0

@@ -8,8 +8,9 @@ Importing this package registers its classes in fairchem's registry under short 
 from fairchem_deq.command import console_script_start_up
 
 with console_script_start_up():  # Ctrl-C while `fairchem-deq` imports torch: rc 130, no traceback
-    from fairchem_deq.models import DEQBackboneOptions, DEQDivergenceError, DEQEquiformerV2Backbone
+    from fairchem_deq.models import DEQBackboneOptions, DEQEquiformerV2Backbone
     from fairchem_deq.simulate import DEQCalculator, run_md, run_relaxation
+    from fairchem_deq.solve import DEQDivergenceError
     from fairchem_deq.trainers import DEQForcesTrainer
 
 __version__ = "0.1.0"

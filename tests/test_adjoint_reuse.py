@@ -1,5 +1,5 @@
 """The backward (adjoint) solve of energy-gradient forces started from the previous step's
-adjoint (fairchem_deq.models.adjoint, cached by fairchem_deq.reuse): same forces, fewer
+adjoint (fairchem_deq.solve.adjoint, cached by fairchem_deq.reuse): same forces, fewer
 backward iterations, dropped with the structure."""
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ def test_warm_adjoint_gives_the_cold_forces_in_fewer_backward_iterations():
     frames = ethanol_atoms([100, 101])
     cache = FixedPointCache()
     first, _, _ = _step(model, cache, frames[0], 0)
-    assert first.solution["adjoint"].per_atom() is not None
+    assert first.solution.adjoint.per_atom() is not None
     entry = cache.get(0, to_batch([frames[0]]).atomic_numbers.long())
     assert entry.adjoint is not None and entry.adjoint.shape == entry.fixed_point.shape
     warm, forces_warm, warm_iters = _step(model, cache, frames[1], 1)
-    assert warm.guess.adjoint is not None
+    assert warm.warm_start.adjoint is not None
     _, forces_cold, cold_iters = _step(model, FixedPointCache(), frames[1], 1)
     rel = np.linalg.norm(forces_warm - forces_cold) / np.linalg.norm(forces_cold)
     assert rel < 1e-4, rel
@@ -47,7 +47,7 @@ def test_adjoint_is_dropped_with_the_structure():
     _step(model, cache, ethanol, 0)
     smaller = ethanol[:-1]  # another structure under the same key
     step, _, _ = _step(model, cache, smaller, 1)
-    assert step.guess.adjoint is None and not bool(step.guess.warm.any())
+    assert step.warm_start.adjoint is None and not bool(step.warm_start.warm.any())
     entry = cache.get(0, to_batch([smaller]).atomic_numbers.long())
     assert entry.adjoint is not None and len(entry.adjoint) == len(smaller)
 
@@ -58,7 +58,7 @@ def test_direct_force_models_store_no_adjoint():
     batch = to_batch(ethanol_atoms([100]))
     with torch.no_grad():
         step = forward_with_reuse(model, model.backbone, batch, cache)
-    assert "adjoint" not in step.solution
+    assert step.solution.adjoint is None
     assert cache.get(0, batch.atomic_numbers.long()).adjoint is None
 
 
@@ -90,8 +90,8 @@ def test_adjoint_history_is_extrapolated_like_the_fixed_points():
     adjoints = []
     for fid, frame in enumerate(frames[:2]):
         step, _, _ = _step(model, cache, frame, fid)
-        adjoints.append(step.solution["adjoint"].per_atom())
+        adjoints.append(step.solution.adjoint.per_atom())
     step, _, _ = _step(model, cache, frames[2], 2)
-    torch.testing.assert_close(step.guess.adjoint, 2 * adjoints[1] - adjoints[0])
+    torch.testing.assert_close(step.warm_start.adjoint, 2 * adjoints[1] - adjoints[0])
     key_bytes = cache.nbytes
     assert key_bytes >= sum(a.untyped_storage().nbytes() for a in adjoints)  # counted in the bound

@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import ethanol_atoms, make_model, oc20_atoms, to_batch
 
+from fairchem_deq.solve import WarmStart
+
 TIGHT = {"max_iter": 80, "tol": 1e-5, "stop_mode": "rel"}
 TIGHT_DEQ = {"solver": "anderson", "train": TIGHT, "eval_cold": TIGHT, "eval_warm": TIGHT}
 
@@ -45,18 +47,18 @@ def test_fixed_point_residual_within_tolerance_and_warm_start_is_immediate():
     batch = to_batch(ethanol_atoms([5]))
     backbone = model.backbone
     emb = backbone(batch)
-    stats = emb["deq_stats"]
+    stats = emb["deq"].stats
     assert bool(stats["converged"].all())
     assert float(stats["rel_residual"].max()) < TIGHT["tol"]
     assert int(stats["nstep"].max()) > 2  # a cold solve really iterates
     e_cold, f_cold = _predict(model, batch)
 
     warm = to_batch(ethanol_atoms([5]))
-    warm.initial_guess = emb["fixed_point"]
+    warm.warm_start = WarmStart.at(emb["deq"].fixed_point)
     out = backbone(warm)
-    assert int(out["deq_stats"]["nstep"].max()) <= 2
+    assert int(out["deq"].stats["nstep"].max()) <= 2
     warm2 = to_batch(ethanol_atoms([5]))
-    warm2.initial_guess = emb["fixed_point"]
+    warm2.warm_start = WarmStart.at(emb["deq"].fixed_point)
     e_warm, f_warm = _predict(model, warm2)
     assert torch.allclose(e_warm, e_cold, rtol=1e-4, atol=1e-4)
     assert (f_warm - f_cold).norm() / f_cold.norm() < 1e-3
@@ -72,7 +74,7 @@ def test_batched_structures_of_different_sizes_match_single_solves():
     ]
     assert len(frames[0]) != len(frames[1])
     e_batch, f_batch = _predict(model, to_batch(frames))
-    stats = model.backbone(to_batch(frames))["deq_stats"]
+    stats = model.backbone(to_batch(frames))["deq"].stats
     assert stats["nstep"].shape == (3,) and stats["rel_residual"].shape == (3,)
     offset = 0
     for i, atoms in enumerate(frames):
@@ -113,7 +115,7 @@ def test_geometry_only_radial_functions_run_once_per_solve(monkeypatch):
 
     monkeypatch.setattr(RadialFunction, "forward", counting)
     model = make_model(TIGHT_DEQ, num_layers=2).eval()
-    stats = model.backbone(to_batch(ethanol_atoms([3])))["deq_stats"]
+    stats = model.backbone(to_batch(ethanol_atoms([3])))["deq"].stats
     inner = {id(m) for m in model.backbone.deq_layer.blocks.modules() if isinstance(m, RadialFunction)}
     inner_calls = [c for c in calls if c in inner]
     assert int(stats["nfe"]) > 5
@@ -147,12 +149,12 @@ def test_edge_embeddings_and_wigner_slices_are_computed_once_per_solve(monkeypat
         torch.manual_seed(5)  # the random edge frames: the same in both passes
         out = model.backbone(to_batch(ethanol_atoms([3])))
         inner_lookups = [c for c in lookups if c in inner]
-        assert int(out["deq_stats"]["nfe"]) > 5
+        assert int(out["deq"].stats["nfe"]) > 5
         assert len(inner_lookups) == len(inner)
         cached_slices = len(slices)
         # the cached path gives fairchem's own results: the same solve with the cache off
         reference = model.backbone.deq_layer.scope
-        z_cached = out["fixed_point"]
+        z_cached = out["deq"].fixed_point
         for m in reference.modules:
             m.reset_solve_state(active=False)
         reference.start_solve = lambda: None  # keep every per-solve module inert
@@ -160,17 +162,17 @@ def test_edge_embeddings_and_wigner_slices_are_computed_once_per_solve(monkeypat
         torch.manual_seed(5)
         plain = model.backbone(to_batch(ethanol_atoms([3])))
     # fairchem slices for rotate and rotate_inv in every evaluation of f; cached: once per solve
-    nfe = int(plain["deq_stats"]["nfe"])
+    nfe = int(plain["deq"].stats["nfe"])
     assert cached_slices == 3  # the edge-degree embedding's rotate_inv, the solve's rotate and rotate_inv
     assert len(slices) - cached_slices == 1 + 2 * nfe, (cached_slices, len(slices), nfe)
-    assert torch.allclose(z_cached, plain["fixed_point"], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(z_cached, plain["deq"].fixed_point, atol=1e-5, rtol=1e-4)
 
 
 def test_dropout_masks_are_held_across_iterations():
     deq = {"solver": "fixed_point_iter", "train": {"max_iter": 100, "tol": 1e-4, "stop_mode": "rel"}}
     model = make_model(deq, alpha_drop=0.3, drop_path_rate=0.3, proj_drop=0.3)
     model.train()
-    stats = model.backbone(to_batch(ethanol_atoms([0, 1])))["deq_stats"]
+    stats = model.backbone(to_batch(ethanol_atoms([0, 1])))["deq"].stats
     # with masks redrawn every iteration f changes each step and no fixed point is reached
     assert bool(stats["converged"].all()), stats
 
@@ -191,16 +193,16 @@ def test_unknown_solver_is_a_clear_error():
 def test_each_solver_converges(solver):
     cfg = {"max_iter": 60, "tol": 1e-4, "stop_mode": "rel"}
     model = make_model({"solver": solver, "eval_cold": cfg}).eval()
-    stats = model.backbone(to_batch(ethanol_atoms([0, 100])))["deq_stats"]
+    stats = model.backbone(to_batch(ethanol_atoms([0, 100])))["deq"].stats
     assert bool(stats["converged"].all())
 
 
 def test_non_finite_solve_raises_and_non_converged_is_reported(caplog):
-    from fairchem_deq.models import DEQDivergenceError
+    from fairchem_deq.solve import DEQDivergenceError
 
     model = make_model({"eval_cold": {"max_iter": 3, "tol": 1e-12}}).eval()
     with caplog.at_level(logging.WARNING):
-        stats = model.backbone(to_batch(ethanol_atoms([0])))["deq_stats"]
+        stats = model.backbone(to_batch(ethanol_atoms([0])))["deq"].stats
     assert not bool(stats["converged"].any())
     assert int(stats["nstep"][0]) == 3
     assert "did not reach tol" in caplog.text
@@ -214,17 +216,17 @@ def test_non_finite_solve_raises_and_non_converged_is_reported(caplog):
 def test_failed_warm_start_falls_back_to_cold_start():
     model = make_model(TIGHT_DEQ).eval()
     batch = to_batch(ethanol_atoms([0]))
-    bad = model.backbone(batch)["fixed_point"] * float("nan")
+    bad = model.backbone(batch)["deq"].fixed_point * float("nan")
     warm = to_batch(ethanol_atoms([0]))
-    warm.initial_guess = bad
-    stats = model.backbone(warm)["deq_stats"]
+    warm.warm_start = WarmStart.at(bad)
+    stats = model.backbone(warm)["deq"].stats
     assert bool(stats["fallback"].all()) and bool(stats["converged"].all())
 
 
 def test_warm_start_of_wrong_shape_is_rejected():
     model = make_model().eval()
     batch = to_batch(ethanol_atoms([0]))
-    batch.initial_guess = torch.zeros(5, 9, 16)
+    batch.warm_start = WarmStart.at(torch.zeros(5, 9, 16))
     with pytest.raises(ValueError, match="initial guess has shape"):
         model.backbone(batch)
 
@@ -234,10 +236,10 @@ def test_switching_solver_keeps_the_block_defaults():
     lam=1e-8 (TorchDEQ's absolute 1e-4 swamps the mixing at tight tolerances)."""
     model = make_model(TIGHT_DEQ).eval()
     batch = to_batch(ethanol_atoms([3]))
-    before = int(model.backbone(batch)["deq_stats"]["nstep"][0])
+    before = int(model.backbone(batch)["deq"].stats["nstep"][0])
     model.backbone.set_solver("broyden")
     model.backbone.set_solver("anderson")
     assert model.backbone.deq_options.solver_kwargs == {"lam": 1e-8}
-    assert int(model.backbone(to_batch(ethanol_atoms([3])))["deq_stats"]["nstep"][0]) == before
+    assert int(model.backbone(to_batch(ethanol_atoms([3])))["deq"].stats["nstep"][0]) == before
     model.backbone.set_solver("anderson", {"m": 3, "lam": 1e-6})  # explicit kwargs win
     assert model.backbone.deq_options.solver_kwargs == {"lam": 1e-6, "m": 3}

@@ -34,15 +34,15 @@ def test_cold_solve_on_cuda_matches_the_cpu():
 def test_autocast_keeps_the_solver_in_float32(dtype):
     """fairchem's --amp autocasts `_forward` on CUDA: the blocks run in half precision, the
     solve's arithmetic in float32 (same evaluations as float32 within 2, forces within 1 %)."""
-    from fairchem_deq.reuse.forward import captured_output
+    from fairchem_deq.reuse import run_capturing_backbone
 
     model = make_model({"eval_cold": OC20_TOL}).eval().cuda()
     batch = to_batch([oc20_atoms()]).to("cuda")
     results = {}
     for amp in (False, True):
-        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=amp), captured_output(model.backbone) as c:
-            forces = model(batch)["forces"]["forces"].float()
-        results[amp] = (forces, c["output"]["deq_stats"])
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=amp):
+            out, backbone_output = run_capturing_backbone(model, model.backbone, batch)
+        results[amp] = (out["forces"]["forces"].float(), backbone_output["deq"].stats)
     (f32, s32), (famp, samp) = results[False], results[True]
     assert bool(samp["converged"].all()) and bool(torch.isfinite(famp).all())
     assert abs(int(samp["nstep"][0]) - int(s32["nstep"][0])) <= 2

@@ -9,10 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fairchem_deq.models import DEQDivergenceError
 from fairchem_deq.models.deq_options import DEQBackboneOptions
-from fairchem_deq.models.deq_solver import StructureDEQSolver
-from fairchem_deq.models.solve_scope import SolveScope
+from fairchem_deq.solve import DEQDivergenceError, SolveScope, StructureDEQSolver
 
 
 def _rank(rank: int, world: int, init_file: str, out_dir: str) -> None:

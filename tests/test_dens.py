@@ -78,16 +78,16 @@ def _injection(model, batch):
     def keep(_module, args):
         seen["x"] = args[0].embedding.clone()
 
-    from fairchem_deq.reuse.forward import captured_output
+    from fairchem_deq.reuse import run_capturing_backbone
 
     handle = model.backbone.deq_layer.register_forward_pre_hook(keep)
     torch.manual_seed(0)  # EquiformerV2's random edge frames: the same for both calls
     try:
-        with torch.no_grad(), captured_output(model.backbone) as captured:
-            model(batch)
+        with torch.no_grad():
+            _, backbone_output = run_capturing_backbone(model, model.backbone, batch)
     finally:
         handle.remove()
-    return seen["x"], captured["output"]["fixed_point"]
+    return seen["x"], backbone_output["deq"].fixed_point
 
 
 @pytest.mark.parametrize("encode", [True, False])
@@ -311,7 +311,7 @@ def test_clean_predictions_take_the_normal_path(dens_run):
     assert type(trainer).__name__ == "DEQDeNSTrainer"
     clean = _labelled_batch([5])
     predicted = trainer.predict(clean.clone(), per_image=False, disable_tqdm=True)
-    assert trainer.last_step.solution["deq_stats"]["converged"].all()
+    assert trainer.last_step.solution.stats["converged"].all()
 
     # the same weights through the plain DEQ trainer (ASE calculator): the same numbers
     # (fairchem's OCPCalculator evaluates the raw weights; DEQCalculator's default is the EMA)

@@ -8,20 +8,15 @@ import pytest
 import torch
 from conftest import ethanol_atoms, make_model, to_batch
 
-from fairchem_deq.reuse.forward import captured_output
+from fairchem_deq.reuse import run_capturing_backbone
 
 TOL = {"max_iter": 60, "tol": 1e-4, "stop_mode": "rel"}
 
 
 def _solve(model, autocast: bool):
     batch = to_batch(ethanol_atoms([2, 40]))
-    with (
-        torch.no_grad(),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
-        captured_output(model.backbone) as captured,
-    ):
-        out = model(batch)
-    return out, captured["output"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return run_capturing_backbone(model, model.backbone, batch)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -29,10 +24,10 @@ def test_autocast_solves_in_float32_with_the_same_evaluations():
     model = make_model({"eval_cold": TOL}).eval()
     _, plain = _solve(model, autocast=False)
     _, amp = _solve(model, autocast=True)
-    assert amp["fixed_point"].dtype == torch.float32
-    assert bool(amp["deq_stats"]["converged"].all()), amp["deq_stats"]
-    assert amp["deq_stats"]["nstep"].tolist() == plain["deq_stats"]["nstep"].tolist()
-    assert bool((amp["deq_stats"]["rel_residual"] < TOL["tol"]).all())
+    assert amp["deq"].fixed_point.dtype == torch.float32
+    assert bool(amp["deq"].stats["converged"].all()), amp["deq"].stats
+    assert amp["deq"].stats["nstep"].tolist() == plain["deq"].stats["nstep"].tolist()
+    assert bool((amp["deq"].stats["rel_residual"] < TOL["tol"]).all())
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -41,6 +36,6 @@ def test_blocks_may_run_under_autocast_with_a_float32_solver():
     finite and converged at a tolerance above bfloat16's rounding."""
     model = make_model({"eval_cold": {**TOL, "tol": 2e-2}, "solve_under_autocast": True}).eval()
     out, amp = _solve(model, autocast=True)
-    assert amp["fixed_point"].dtype == torch.float32
-    assert bool(amp["deq_stats"]["converged"].all()) and bool(amp["deq_stats"]["finite"].all())
+    assert amp["deq"].fixed_point.dtype == torch.float32
+    assert bool(amp["deq"].stats["converged"].all()) and bool(amp["deq"].stats["finite"].all())
     assert bool(torch.isfinite(out["forces"]["forces"]).all())

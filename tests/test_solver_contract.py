@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from fairchem_deq.models.deq_options import DEQBackboneOptions
-from fairchem_deq.models.deq_solver import StructureDEQSolver
-from fairchem_deq.models.solve_scope import SolveScope
+from fairchem_deq.solve import SolveScope, StructureDEQSolver
 
 
 class Contraction(torch.nn.Module):

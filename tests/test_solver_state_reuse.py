@@ -7,11 +7,10 @@ import pytest
 import torch
 from conftest import ethanol_atoms, make_model, to_batch
 
-from fairchem_deq.models.broyden_reuse import BroydenState, broyden_reuse_solver
 from fairchem_deq.models.deq_options import DEQBackboneOptions
-from fairchem_deq.models.deq_solver import StructureDEQSolver
-from fairchem_deq.models.solve_scope import SolveScope
 from fairchem_deq.reuse import FixedPointCache, forward_with_reuse
+from fairchem_deq.solve import SolveScope, StructureDEQSolver, WarmStart
+from fairchem_deq.solve.broyden_reuse import BroydenState, broyden_reuse_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,17 +39,17 @@ def test_broyden_reuse_reaches_andersons_fixed_points_along_real_frames():
         model = make_model(_deq(solver, 1e-6)).eval()
         caches[solver] = FixedPointCache()
         steps = _along(model, frames, caches[solver])
-        fixed_points[solver] = [s.solution["fixed_point"] for s in steps]
+        fixed_points[solver] = [s.solution.fixed_point for s in steps]
         for step in steps:
-            assert bool(step.solution["deq_stats"]["converged"].all()), solver
+            assert bool(step.solution.stats["converged"].all()), solver
         if solver == "anderson":  # other solvers: no state passed, returned or stored
-            assert all("solver_state" not in s.solution for s in steps)
-            assert all("state_reused" not in s.solution["deq_stats"] for s in steps)
+            assert all(s.solution.solver_state is None for s in steps)
+            assert all("state_reused" not in s.solution.stats for s in steps)
             assert caches[solver].get(0, to_batch(frames[-1:]).atomic_numbers.long()).solver_state is None
         else:  # frames after the first start from the previous solve's pairs, and keep them
-            assert [bool(s.solution["deq_stats"]["state_reused"][0]) for s in steps] == [False, True, True, True]
-            assert [s.guess.solver_state is not None for s in steps] == [False, True, True, True]
-            assert not any(bool(s.solution["deq_stats"]["state_dropped"][0]) for s in steps)
+            assert [bool(s.solution.stats["state_reused"][0]) for s in steps] == [False, True, True, True]
+            assert [s.warm_start.solver_state is not None for s in steps] == [False, True, True, True]
+            assert not any(bool(s.solution.stats["state_dropped"][0]) for s in steps)
             s_cols, y_cols = caches[solver].get(0, to_batch(frames[-1:]).atomic_numbers.long()).solver_state
             assert s_cols.shape == y_cols.shape and s_cols.shape[:-1] == fixed_points[solver][-1].shape
     for z_anderson, z_broyden in zip(fixed_points["anderson"], fixed_points["broyden_reuse"]):
@@ -60,9 +59,10 @@ def test_broyden_reuse_reaches_andersons_fixed_points_along_real_frames():
 def test_training_solves_take_and_return_no_state():
     model = make_model(_deq("broyden_reuse", 1e-3, train={"max_iter": 8, "tol": 1e-3})).train()
     batch = to_batch(ethanol_atoms([0]))
-    batch.initial_solver_state = (torch.ones(9, 9, 16, 2), torch.ones(9, 9, 16, 2))
+    batch.warm_start = WarmStart.cold(1)
+    batch.warm_start.solver_state = (torch.ones(9, 9, 16, 2), torch.ones(9, 9, 16, 2))
     out = model.backbone(batch)
-    assert "solver_state" not in out and "state_reused" not in out["deq_stats"]
+    assert out["deq"].solver_state is None and "state_reused" not in out["deq"].stats
 
 
 # ---- (b) fewer evaluations along slowly changing contractions --------------------------------
@@ -169,20 +169,20 @@ def test_changed_or_refused_structure_starts_without_state_and_state_bytes_count
     swapped = frames[1][[2, 0, 1, *range(3, 9)]]  # C C O ... -> O C C ...
     assert swapped.numbers.tolist() != frames[1].numbers.tolist()
     (step,) = _along(model, [swapped], cache)
-    assert step.guess.z0 is None and step.guess.solver_state is None
-    assert not bool(step.solution["deq_stats"]["state_reused"][0])
+    assert step.warm_start.fixed_point is None and step.warm_start.solver_state is None
+    assert not bool(step.solution.stats["state_reused"][0])
     assert cache.get(0, numbers) is None  # the old history and its state are gone
     new = cache.get(0, to_batch([swapped]).atomic_numbers.long())
     assert len(new.history) == 1  # the new entry holds this solve's pairs only
     n_pairs = int((new.solver_state[1].flatten(0, -2) != 0).any(dim=0).sum())
-    assert n_pairs <= int(step.solution["deq_stats"]["nfe"]) - 1
+    assert n_pairs <= int(step.solution.stats["nfe"]) - 1
 
     # moved beyond the displacement bound: refused, evicted, solved without state
     far = swapped.copy()
     far.positions[3] += [0.0, 0.0, 0.5]
     (step,) = _along(model, [far], cache)
-    assert bool(step.guess.refused[0]) and step.guess.solver_state is None
-    assert not bool(step.solution["deq_stats"]["state_reused"][0])
+    assert bool(step.warm_start.refused[0]) and step.warm_start.solver_state is None
+    assert not bool(step.solution.stats["state_reused"][0])
 
     # a solve that returns no state (another solver) leaves none in the entry
     cache.put(0, 5, new.fixed_point, new.atomic_numbers)
@@ -207,7 +207,7 @@ def test_cache_pads_states_of_different_rank_and_structures_without_one():
     cache.put(6, 0, z, numbers, solver_state=s3)
     cache.put(7, 0, z, numbers)
     assert cache.get(6, numbers).solver_state[0].shape[-1] == 2
-    guess = cache.initial_guess(batch)
+    guess = cache.warm_start(batch)
     s_cols, y_cols = guess.solver_state
     assert s_cols.shape == (27, 4, 2, 2)
     assert bool((s_cols[:9] == 1).all()) and bool((s_cols[9:18] == 3).all()) and bool((s_cols[18:] == 0).all())
@@ -224,18 +224,19 @@ def test_wrong_state_is_dropped_and_the_solve_still_converges():
         reference = model.backbone(to_batch(frames))
         batch = to_batch(frames)
         g = torch.Generator().manual_seed(0)
-        shape = (*reference["fixed_point"].shape, 6)
+        shape = (*reference["deq"].fixed_point.shape, 6)
         s_cols, y_cols = 1e6 * torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         s_cols[9:], y_cols[9:] = 0.0, 0.0  # the second structure gets no state
-        batch.initial_solver_state = (s_cols, y_cols)
+        batch.warm_start = WarmStart.cold(2)
+        batch.warm_start.solver_state = (s_cols, y_cols)
         out = model.backbone(batch)
-    stats = out["deq_stats"]
+    stats = out["deq"].stats
     assert stats["state_reused"].tolist() == [True, False]
     assert stats["state_dropped"].tolist() == [True, False]  # reported, and only where it was wrong
     assert bool(stats["converged"].all()) and not bool(stats["fallback"].any())
-    z, z_ref = out["fixed_point"], reference["fixed_point"]
+    z, z_ref = out["deq"].fixed_point, reference["deq"].fixed_point
     assert float((z - z_ref).norm() / z_ref.norm()) < 1e-4
-    assert bool(torch.isfinite(out["solver_state"][0]).all())
+    assert bool(torch.isfinite(out["deq"].solver_state[0]).all())
 
 
 def test_wrong_state_on_a_linear_map_costs_one_rejected_step():

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import ethanol_atoms, oc20_atoms, to_batch
 
+from fairchem_deq.solve import DEQSolution
+
 
 def test_trajectory_batches_step_systems_in_lockstep_and_split_across_ranks():
     from fairchem_deq.trainers import TrajectoryBatchSampler
@@ -156,24 +158,24 @@ def test_cache_reuses_only_for_a_nearby_structure_under_the_minimum_image():
     batch = to_batch([slab], sids=[3])
     cache = FixedPointCache(max_displacement=0.25)
     z = torch.ones(len(slab), 4, 2)
-    cache.store(batch, z)
+    cache.store(batch, DEQSolution(z, {}))
     moved = slab.copy()
     moved.positions[0] += moved.cell[0]  # wrapped across the cell: the same structure
     moved.positions[1] += [0.1, 0.1, 0.0]
-    assert cache.initial_guess(to_batch([moved], sids=[3])).z0 is not None and cache.refused == 0
+    assert cache.warm_start(to_batch([moved], sids=[3])).fixed_point is not None and cache.refused == 0
     far = slab.copy()
     far.positions[5] += [0.0, 0.0, 0.3]
-    assert cache.initial_guess(to_batch([far], sids=[3])).z0 is None
+    assert cache.warm_start(to_batch([far], sids=[3])).fixed_point is None
     assert cache.refused == 1 and 3 not in cache  # refused: the history restarts
 
 
-def test_cache_initial_guess_fills_misses_with_cold_rows():
+def test_cache_warm_start_fills_misses_with_cold_rows():
     from fairchem_deq.reuse import FixedPointCache
 
     batch = to_batch(ethanol_atoms([0, 1]), sids=[5, 6])
     cache = FixedPointCache()
-    assert cache.initial_guess(batch).z0 is None
+    assert cache.warm_start(batch).fixed_point is None
     cache.put(6, 0, torch.full((9, 4, 2), 2.0), batch.atomic_numbers[9:].long())
-    warm = cache.initial_guess(batch).z0
+    warm = cache.warm_start(batch).fixed_point
     assert warm.shape == (18, 4, 2)
     assert np.all(warm[:9].numpy() == 0) and np.all(warm[9:].numpy() == 2)

@@ -23,18 +23,27 @@ from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbon
 from fairchem.core.models.equiformer_v2.so3 import SO3_Embedding
 from torch import nn
 
+from fairchem_deq.solve import (
+    WARM_START_ATTRIBUTE,
+    DEQSolution,
+    DEQSolveResult,
+    PaddedLayout,
+    SolveScope,
+    StructureDEQSolver,
+    WarmStart,
+)
+
 from .deq_options import PHASES, DEQBackboneOptions
-from .deq_solver import DEQSolveResult, StructureDEQSolver
 from .edge_frames import edge_frames, replay_random
 from .injections import get_injection
-from .solve_scope import SolveScope, attach_solve_scope
+from .per_solve_modules import attach_per_solve_modules
 
 
 class DEQFixedPointLayer(nn.Module):
     """Stands where EquiformerV2's block loop calls `blocks[i](x, ...)`; returns z*.
 
     The loop passes only node features and graph tensors, so what else one solve needs (the
-    structure sizes, the initial guess) and what it returns besides z* (statistics, states)
+    structure sizes, the warm start) and what it returns besides z* (statistics, states)
     travel in a `_Solve` record that `DEQEquiformerV2Backbone.forward` opens around the
     parent's forward (`solving`) and closes after it."""
 
@@ -43,20 +52,13 @@ class DEQFixedPointLayer(nn.Module):
         self.blocks = blocks
         self.injection = get_injection(options.injection)
         self.solver = StructureDEQSolver(options)
-        self.scope = SolveScope(attach_solve_scope(self.blocks))
+        self.scope = SolveScope(attach_per_solve_modules(self.blocks))
         self._solve: _Solve | None = None
 
     @contextmanager
-    def solving(
-        self,
-        natoms: torch.Tensor,
-        initial_guess: torch.Tensor | None,
-        solver_state: tuple[torch.Tensor, ...] | None = None,
-        initial_adjoint: torch.Tensor | None = None,
-        contraction: torch.Tensor | None = None,
-    ):
+    def solving(self, natoms: torch.Tensor, warm_start: WarmStart | None):
         """The record of the one solve that runs inside this context."""
-        self._solve = _Solve(PaddedLayout(natoms), initial_guess, solver_state, initial_adjoint, contraction)
+        self._solve = _Solve(PaddedLayout(natoms), warm_start or WarmStart.cold(len(natoms)))
         try:
             yield self._solve
         finally:
@@ -66,7 +68,8 @@ class DEQFixedPointLayer(nn.Module):
         solve = self._solve
         if solve is None:
             raise RuntimeError("DEQFixedPointLayer runs inside DEQEquiformerV2Backbone.forward (solving())")
-        layout, guess = solve.layout, solve.initial_guess
+        layout, start = solve.layout, solve.warm_start
+        guess = start.fixed_point
         # under autocast the embeddings may arrive in half precision: the solve is float32
         x_inj = x.embedding.float() if x.embedding.dtype in (torch.float16, torch.bfloat16) else x.embedding
         if guess is not None:
@@ -97,16 +100,16 @@ class DEQFixedPointLayer(nn.Module):
         # energy-gradient forces: z* must carry the positions' graph (edge distances)
         track = not self.training and torch.is_grad_enabled() and edge_distance.requires_grad
         adjoint_guess = None
-        if track and solve.initial_adjoint is not None:
-            _check_shape("initial adjoint", solve.initial_adjoint, x_inj)
-            adjoint_guess = layout.pad(solve.initial_adjoint.detach().to(x_inj.dtype))
+        if track and start.adjoint is not None:
+            _check_shape("initial adjoint", start.adjoint, x_inj)
+            adjoint_guess = layout.pad(start.adjoint.detach().to(x_inj.dtype))
         solve.result = self.solver(
             f,
             z0,
             warm_started,
             self.scope,
             track_inputs=track,
-            contraction=solve.contraction,
+            contraction=start.contraction,
             solver_state=self._padded_state(solve, x_inj),
             adjoint_guess=adjoint_guess,
         )
@@ -120,40 +123,32 @@ class DEQFixedPointLayer(nn.Module):
         """The solver's state handed in per atom ([n_atoms, (lmax+1)^2, C, m] each, zeros for
         structures without one) as solver rows [B, n_max, (lmax+1)^2, C, m]; None when there
         is none or the solver keeps no state (a state of another solver is ignored)."""
-        if solve.solver_state is None or self.training or self.solver.state_type is None:
+        state = solve.warm_start.solver_state
+        if state is None or self.training or self.solver.state_type is None:
             return None
-        for t in solve.solver_state:
+        for t in state:
             if t.shape[:-1] != x_inj.shape:
                 raise ValueError(
                     f"solver state has shape {tuple(t.shape)}, expected {tuple(x_inj.shape)} + (rank,); "
                     "the structure or the model changed since it was computed"
                 )
-        return tuple(solve.layout.pad(t.detach().to(x_inj.dtype)) for t in solve.solver_state)
+        return tuple(solve.layout.pad(t.detach().to(x_inj.dtype)) for t in state)
 
 
 @registry.register_model("deq_equiformer_v2_backbone")
 class DEQEquiformerV2Backbone(EquiformerV2Backbone):
     """EquiformerV2Backbone's arguments plus `deq` (see `DEQBackboneOptions`).
 
-    Reads an optional batch attribute `initial_guess` [n_atoms, (lmax+1)^2, C] where the
-    solve starts (fairchem_deq.reuse sets it; zero rows start cold). Adds to the backbone output: `fixed_point` (detached, same shape),
-    `deq_stats` (per-structure tensors nstep, abs_residual, rel_residual, converged, finite,
-    fallback; scalar nfe) and, in training with deq.n_states > 1, `deq_states`: the
-    intermediate solver states as normed SO3_Embeddings for the fixed-point-correction loss.
-
-    With a solver whose state is reused between solves (deq.solver: broyden_reuse), in
-    evaluation: the optional batch attribute `initial_solver_state` (a tuple of tensors
-    [n_atoms, (lmax+1)^2, C, m], per atom like the fixed point; zeros: none) is where the
-    solver's own model starts, and the output gains `solver_state` (the same form, detached).
-
-    The optional batch attribute `initial_contraction` [n_structures] (NaN: unknown) hands
-    each structure's contraction estimate from its previous solve to the solver (the prior
-    of stop_mode "error" before the solve has two evaluations of its own).
-
-    With energy-gradient forces (direct_forces: False) in evaluation, the optional batch
-    attribute `initial_adjoint` [n_atoms, (lmax+1)^2, C] is where the backward (adjoint)
-    solve starts, and the output gains `adjoint` (an `AdjointRecord`; `per_atom()` gives the
-    solution once the forces have been taken).
+    Reads one optional batch attribute, `warm_start` (a `fairchem_deq.solve.WarmStart`, set
+    by fairchem_deq.reuse; absent: every structure starts cold): the predicted fixed point
+    (zero rows start cold), and where used the solver's own state (deq.solver:
+    broyden_reuse, evaluation), the backward solve's adjoint (energy-gradient forces,
+    evaluation) and the previous contraction estimate (the "error" stop rule's prior).
+    Adds one entry to the backbone output, `deq`: a `fairchem_deq.solve.DEQSolution` (the
+    fixed point, detached; per-structure statistics; the solver state; the adjoint record,
+    whose `per_atom()` exists once the forces were taken; in training with
+    deq.n_states > 1 the intermediate states as normed SO3_Embeddings for the
+    fixed-point-correction loss).
     """
 
     # the config block it reads, relative to model.backbone (checked before a run starts)
@@ -230,23 +225,18 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             raise NotImplementedError("graph parallelism is not supported by the DEQ backbone")
         if self.regress_forces and not self.direct_forces and not data.pos.requires_grad:
             data.pos.requires_grad_(True)  # forces = -dE/dpos: the graph must start here
-        with self.deq_layer.solving(
-            data.natoms,
-            getattr(data, "initial_guess", None),
-            getattr(data, "initial_solver_state", None),
-            getattr(data, "initial_adjoint", None),
-            getattr(data, "initial_contraction", None),
-        ) as solve:
+        with self.deq_layer.solving(data.natoms, getattr(data, WARM_START_ATTRIBUTE, None)) as solve:
             out = super().forward(data)
         layout, result = solve.layout, solve.result
-        out["fixed_point"] = layout.unpad(result.fixed_point).detach()
-        out["deq_stats"] = result.stats
-        if result.solver_state is not None:
-            out["solver_state"] = tuple(layout.unpad(t).detach() for t in result.solver_state)
-        if result.adjoint is not None:
-            out["adjoint"] = result.adjoint  # its solution exists once the forces were taken
-        if self.training and len(result.states) > 1:
-            out["deq_states"] = [self._normed(layout.unpad(s)) for s in result.states[:-1]]
+        out["deq"] = DEQSolution(
+            fixed_point=layout.unpad(result.fixed_point).detach(),
+            stats=result.stats,
+            solver_state=None
+            if result.solver_state is None
+            else tuple(layout.unpad(t).detach() for t in result.solver_state),
+            adjoint=result.adjoint,
+            states=[self._normed(layout.unpad(s)) for s in result.states[:-1]] if self.training else [],
+        )
         return out
 
     def _normed(self, z: torch.Tensor) -> SO3_Embedding:
@@ -271,10 +261,7 @@ def _scale_branch_outputs(blocks: nn.ModuleList, scale: float) -> None:
 @dataclass
 class _Solve:
     layout: PaddedLayout
-    initial_guess: torch.Tensor | None
-    solver_state: tuple[torch.Tensor, ...] | None = None  # per atom, trailing rank dim
-    initial_adjoint: torch.Tensor | None = None  # per atom, like the fixed point
-    contraction: torch.Tensor | None = None  # [n_structures] earlier estimates of q (NaN: none)
+    warm_start: WarmStart
     result: DEQSolveResult | None = None
 
 
@@ -285,41 +272,3 @@ def _check_shape(what: str, tensor: torch.Tensor, x_inj: torch.Tensor) -> None:
             f"{tuple(x_inj.shape)} ([n_atoms, (lmax+1)^2, sphere_channels]); the structure "
             "or the model changed since it was computed"
         )
-
-
-# ---- one solver row per structure ---------------------------------------------------
-# One solver row per structure: node features [n_atoms, L, C] <-> [B, n_max, L, C].
-#
-# TorchDEQ treats dim 0 as the batch: per row it mixes its own Anderson history and measures
-# its own residual. Padding each structure to the largest one in the batch makes a row a
-# structure, so convergence is judged per structure and a structure's iterates do not
-# depend on what else is in the batch. Padded slots stay exactly zero.
-class PaddedLayout:
-    """Node features [n_atoms, L, C] <-> solver rows [B, n_max, L, C]."""
-
-    def __init__(self, natoms: torch.Tensor):
-        natoms = natoms.long()
-        self.num_structures = len(natoms)
-        self.n_max = int(natoms.max()) if self.num_structures else 0
-        self.num_atoms = int(natoms.sum())
-        # a single structure needs no padding: pad/unpad are views
-        self.trivial = self.num_structures == 1
-        if not self.trivial:
-            device = natoms.device
-            batch = torch.repeat_interleave(torch.arange(self.num_structures, device=device), natoms)
-            offsets = torch.cumsum(natoms, 0) - natoms
-            local = torch.arange(self.num_atoms, device=device) - offsets[batch]
-            self.index = batch * self.n_max + local
-
-    def pad(self, nodes: torch.Tensor) -> torch.Tensor:
-        if self.trivial:
-            return nodes.unsqueeze(0)
-        out = nodes.new_zeros((self.num_structures * self.n_max, *nodes.shape[1:]))
-        out = out.index_copy(0, self.index, nodes)
-        return out.view(self.num_structures, self.n_max, *nodes.shape[1:])
-
-    def unpad(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.trivial:
-            return rows.reshape(rows.shape[1:])
-        flat = rows.reshape(self.num_structures * self.n_max, *rows.shape[2:])
-        return flat.index_select(0, self.index)

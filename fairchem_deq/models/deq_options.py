@@ -11,67 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fairchem_deq.config.blocks import parse_options
+from fairchem_deq.solve.settings import (
+    ON_DIVERGE,
+    PHASES,
+    STOP_MODES,
+    SolveSettings,
+    registered_solvers,
+)
 
 from .injections import get_injection
-
-
-def registered_solvers() -> list[str]:
-    """The solver names TorchDEQ's registry knows now (`torchdeq.solver.register_solver`
-    adds one), so a solver registered there is accepted by `deq.solver`."""
-    from torchdeq import solver
-
-    return sorted(solver._solvers)  # TorchDEQ 0.1.0 exposes its registry only as this dict
-
-
-STOP_MODES = ("rel", "abs")  # TorchDEQ's own criteria (also b_stop_mode, the backward solve)
-# forward-solve criteria: TorchDEQ's two plus "error" (an estimate of the distance to the
-# fixed point, evaluated by StructureDEQSolver; see SolveSettings)
-SOLVE_STOP_MODES = (*STOP_MODES, "error")
-PHASES = ("train", "eval_cold", "eval_warm")
-ON_DIVERGE = ("raise", "warn")
-
-
-@dataclass
-class SolveSettings:
-    """One phase's forward-solve settings.
-
-    stop_mode (per structure, on the evaluated state f(z_k) the solve returns):
-      * "rel":   ||f(z_k) - z_k|| / ||f(z_k)|| < tol (the paper's rule);
-      * "abs":   ||f(z_k) - z_k|| < tol;
-      * "error": q/(1-q) * ||f(z_k) - z_k|| / ||f(z_k)|| < tol, the a-posteriori bound of a
-        q-contraction on the distance ||f(z_k) - z*|| to the fixed point, relative to
-        ||f(z_k)||. The residual alone does not bound that distance when f contracts weakly
-        (q near 1: the bound is q/(1-q) times the residual). q is estimated per structure
-        during the solve from secant ratios ||f(z_j) - f(z_{j-1})|| / ||z_j - z_{j-1}||
-        (the ratio of successive residuals for plain fixed-point steps), the larger of the
-        last two, clipped to [0, error_q_max]; before a second evaluation it is the caller's
-        estimate from a previous solve of the structure, if handed in, else `error_q0`.
-        Evaluation phases only end on this rule; in training the solve stops on TorchDEQ's
-        relative residual at `tol` (as "rel") and only the statistics follow the rule.
-    """
-
-    max_iter: int = 40
-    tol: float = 1e-2
-    stop_mode: str = "rel"
-    # "error" rule: contraction factor assumed before any secant exists (0.5: the bound
-    # equals the relative residual, the "rel" rule), and the cap on the estimate (0.95: the
-    # bound is at most 19 x the relative residual)
-    error_q0: float = 0.5
-    error_q_max: float = 0.95
-
-    def __post_init__(self):
-        if self.stop_mode not in SOLVE_STOP_MODES:
-            raise ValueError(f"Unknown DEQ stop_mode {self.stop_mode!r}; choose one of {SOLVE_STOP_MODES}")
-        if int(self.max_iter) < 1:
-            raise ValueError(f"DEQ max_iter must be >= 1, got {self.max_iter}")
-        if not float(self.tol) > 0:
-            raise ValueError(f"DEQ tol must be > 0, got {self.tol}")
-        self.max_iter, self.tol = int(self.max_iter), float(self.tol)
-        self.error_q0, self.error_q_max = float(self.error_q0), float(self.error_q_max)
-        if not 0.0 < self.error_q_max < 1.0:
-            raise ValueError(f"DEQ error_q_max must be in (0, 1), got {self.error_q_max}")
-        if not 0.0 <= self.error_q0 <= self.error_q_max:
-            raise ValueError(f"DEQ error_q0 must be in [0, error_q_max={self.error_q_max}], got {self.error_q0}")
 
 
 @dataclass
@@ -112,7 +60,7 @@ class DEQBackboneOptions:
     injection: str = "norm_add"
     # under autocast (--amp): False runs the whole solve, f included, in float32 (the same
     # evaluations as without autocast); True lets f's blocks run in half precision (faster
-    # on a GPU, but a residual floor: see deq_solver.float32_solver); the solver's own
+    # on a GPU, but a residual floor: see fairchem_deq.solve.precision); the solver's own
     # arithmetic is float32 either way
     solve_under_autocast: bool = False
     # a warm-started solve that fails (not converged or non-finite) is redone from zero

@@ -3,16 +3,19 @@ frames' fixed points.
 
 - `predictors`: the guess for the next fixed point from a system's last few (`warm_start`
   names one: last, linear, quadratic, aspc) and the per-system history it reads;
-- `cache`: per-system histories, the reuse checks (same atoms, displacement bound) and
-  their memory bounds; `FixedPointCache.initial_guess` for a batch;
-- `forward`: `forward_with_reuse`, one model pass from the cache's guess that stores the
-  new fixed points (used by the trainer and by the DEQCalculator);
+- `cache`: the bounded per-system store; `FixedPointCache.warm_start(batch)` gives a
+  batch's `fairchem_deq.solve.WarmStart`, `store(batch, solution)` keeps a `DEQSolution`;
+- `policy`: when a stored fixed point may be reused (same atoms, displacement bound);
+- `batch_rows`: per-structure pieces <-> batch tensors, cache keys and frame ids;
+- `forward`: `forward_with_reuse`, one model pass from the cache's warm start that stores
+  the new solution (used by the trainer and by the DEQCalculator);
 - `options`: the `task.deq` config block (`ReuseOptions`).
 """
 
-from .cache import DEFAULT_MAX_DISPLACEMENT, FixedPointCache, InitialGuess, max_displacement
-from .forward import ReuseStep, force_deviation, forward_with_reuse
+from .cache import FixedPointCache
+from .forward import ReuseStep, force_deviation, forward_with_reuse, run_capturing_backbone
 from .options import ReuseOptions
+from .policy import DEFAULT_MAX_DISPLACEMENT, max_displacement
 from .predictors import PREDICTORS, FixedPointHistory, get_predictor
 
 __all__ = [
@@ -20,11 +23,11 @@ __all__ = [
     "PREDICTORS",
     "FixedPointCache",
     "FixedPointHistory",
-    "InitialGuess",
     "ReuseOptions",
     "ReuseStep",
     "force_deviation",
     "forward_with_reuse",
     "get_predictor",
     "max_displacement",
+    "run_capturing_backbone",
 ]

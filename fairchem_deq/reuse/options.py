@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cache import DEFAULT_MAX_DISPLACEMENT, FixedPointCache
+from .cache import FixedPointCache
+from .policy import DEFAULT_MAX_DISPLACEMENT
 from .predictors import get_predictor
 
 

@@ -222,7 +222,7 @@ class DEQCalculator(OCPCalculator):
                 compare_cold=self.compare_cold,
             )
         self._store_results(step.outputs, batch)
-        self.last_solver_stats = _first_structure(step.solution["deq_stats"])
+        self.last_solver_stats = _first_structure(step.solution.stats)
         self.last_solver_stats["weights"] = self.weights
         if self.compare_cold:
             self.last_solver_stats.update(self._cold_comparison(step, batch))
@@ -254,7 +254,7 @@ class DEQCalculator(OCPCalculator):
             return {"nstep_cold": self.last_solver_stats["nstep"], "markov_dev": 0.0}
         forces, cold = (self._target("forces", o) for o in (step.outputs, step.cold_outputs))
         return {
-            "nstep_cold": step.cold_solution["deq_stats"]["nstep"][0].item(),
+            "nstep_cold": step.cold_solution.stats["nstep"][0].item(),
             "markov_dev": force_deviation(forces, cold, batch.natoms)[0].item(),
         }
 

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.distributed as dist
 from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
 from fairchem_deq.config.check import check_config
+from fairchem_deq.outputs import write_text_atomic
 from fairchem_deq.reuse import ReuseOptions, ReuseStep, forward_with_reuse
-from fairchem_deq.reuse.cache import batch_keys
+from fairchem_deq.reuse.batch_rows import batch_keys
 
 from . import float64_outputs
-from .ddp_metrics import aggregate_over_ranks
+from .ddp_metrics import aggregate_over_ranks, all_gather_object, all_reduce_max, all_reduce_sum
 from .ema_warmup import EMAWarmupMixin
 from .readout_constants import ReadoutConstantsMixin
 from .relax_trajectories import record_initial_frames
@@ -140,17 +138,18 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self._last_deq_metrics = {}
         if not padding:
             self._last_deq_metrics = self.solver_stats.add(
-                solution["deq_stats"],
-                warm=step.guess.warm if step.guess.z0 is not None else None,
-                cold_stats=None if step.cold_solution is None else step.cold_solution["deq_stats"],
+                solution.stats,
+                warm=step.warm_start.warm if step.warm_start.any_warm else None,
+                cold_stats=None if step.cold_solution is None else step.cold_solution.stats,
                 forces=out.get("forces"),
                 cold_forces=None if step.cold_outputs is None else step.cold_outputs.get("forces"),
                 natoms=batch.natoms,
-                refused=step.guess.refused,
+                refused=step.warm_start.refused,
             )
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
-            self._fpc_outputs = [self._decode_state(s, solution, batch) for s in solution.get("deq_states", [])]
+            graph = step.backbone_output["graph"]
+            self._fpc_outputs = [self._decode_state(s, graph, batch) for s in solution.states]
         return out
 
     def _cache_keys(self, batch) -> list | None:
@@ -164,11 +163,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             return sids
         return [self._segments.segment_key(sid, fid) for sid, fid in zip(sids, batch.fid.tolist())]
 
-    def _decode_state(self, state, backbone_out, batch) -> dict:
+    def _decode_state(self, state, graph, batch) -> dict:
         """Head outputs for an intermediate solver state, mapped to targets like `_forward`.
         Heads that return a dict of several targets (`pass_through_head_outputs`, e.g. the
         energy-gradient head's energy and forces) are merged as fairchem's HydraModel does."""
-        emb = {"node_embedding": state, "graph": backbone_out["graph"]}
+        emb = {"node_embedding": state, "graph": graph}
         model = self._unwrapped_model
         raw = {}
         for name, head in model.output_heads.items():
@@ -210,7 +209,7 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         if not isinstance(loader, torch.utils.data.DataLoader):
             return loader
         rank, world_size = distutils.get_rank(), distutils.get_world_size()
-        sids, fids = dataset_sids_fids(loader.dataset, rank, world_size, _all_gather_object)  # kept on the dataset
+        sids, fids = dataset_sids_fids(loader.dataset, rank, world_size, all_gather_object)  # kept on the dataset
         sampler = TrajectoryBatchSampler(
             sids,
             fids,
@@ -282,11 +281,11 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         self._summarise("relaxations", "relaxations")
 
     def _summarise(self, what: str, results_file: str | None = None) -> dict:
-        summary = self.solver_stats.summary(reduce_max=_all_reduce_max, reduce_sum=_all_reduce_sum, device=self.device)
+        summary = self.solver_stats.summary(reduce_max=all_reduce_max, reduce_sum=all_reduce_sum, device=self.device)
         cache = self.fixed_point_cache
-        summary["cache_hits"] = _all_reduce_sum(float(cache.hits), self.device)
-        summary["cache_misses"] = _all_reduce_sum(float(cache.misses), self.device)
-        summary["cache_refused"] = _all_reduce_sum(float(cache.refused), self.device)
+        summary["cache_hits"] = all_reduce_sum(float(cache.hits), self.device)
+        summary["cache_misses"] = all_reduce_sum(float(cache.misses), self.device)
+        summary["cache_refused"] = all_reduce_sum(float(cache.refused), self.device)
         if distutils.is_master() and summary.get("deq_markov_dev_mean", 0.0) > MARKOV_WARNING:
             logging.warning(
                 "DEQ warm-started forces differ from cold-started ones by %.1f %% on average "
@@ -302,10 +301,9 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
             if results_file is not None:
                 results_dir = Path(self.config["cmd"]["results_dir"])
                 results_dir.mkdir(parents=True, exist_ok=True)
-                path = results_dir / f"{self.name}_{results_file}_deq_stats.json"
-                tmp = path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(summary, indent=2))
-                os.replace(tmp, path)
+                write_text_atomic(
+                    results_dir / f"{self.name}_{results_file}_deq_stats.json", json.dumps(summary, indent=2)
+                )
         return summary
 
 
@@ -329,39 +327,3 @@ def _has_energy_gradient_forces(model_config: dict) -> bool:
     heads = model_config.get("heads") or {}
     classes = [registry.get_model_class(h["module"]) for h in heads.values() if isinstance(h, dict) and "module" in h]
     return any(isinstance(c, type) and issubclass(c, EnergyGradientForcesHead) for c in classes)
-
-
-def _all_gather_object(obj) -> list:
-    """[obj of rank 0, obj of rank 1, ...]; [obj] without DDP."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _all_reduce_max(value: float, device) -> float:
-    return _all_reduce(value, device, dist.ReduceOp.MAX)
-
-
-def _all_reduce_sum(value: float, device) -> float:
-    return _all_reduce(value, device, dist.ReduceOp.SUM)
-
-
-# The latest reductions' Work objects, kept referenced. torch 2.13 frees a tensor's Python object,
-# under the GIL, when the tensor's last C++ reference goes. If gloo's (CPU) worker thread held the
-# last reference to a finished reduction, it could still be waiting for the GIL to free it when the
-# process group is destroyed at exit, and that destructor joins the thread while holding the GIL:
-# about half of the 2-rank CPU predict runs hung after writing their results. These reductions
-# are the last collectives of every evaluation pass (`_summarise`).
-_RECENT_WORKS: deque = deque(maxlen=64)
-
-
-def _all_reduce(value: float, device, op) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    work = dist.all_reduce(t, op=op, async_op=True)
-    work.wait()
-    _RECENT_WORKS.append(work)
-    return float(t.item())

@@ -12,10 +12,11 @@ frame fairchem's optimiser would have written at step 0.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from fairchem.core.common import distutils
+
+from fairchem_deq.outputs import atomic_file
 
 
 def trajectory_length(path: str | Path) -> int:
@@ -79,11 +80,5 @@ def _write_initial_frame(trainer, data, path: Path) -> None:
         atoms = OptimizableBatch(batch, trainer=trainer).get_atoms_list()[0]
     finally:
         OptimizableBatch.ignored_changes = ignored
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with Trajectory(str(tmp), mode="w") as traj:
-            traj.write(atoms)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, Trajectory(str(tmp), mode="w") as traj:
+        traj.write(atoms)

@@ -23,7 +23,7 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
   a previous solve of the same structures back in (`forward(..., contraction=...)`) so that
   a warm start judged after one evaluation does not rely on the default `error_q0`;
 - solver-state reuse, for a registered solver with a reusable state (one with a
-  `state_type` attribute: "broyden_reuse", `broyden_reuse.py`): in evaluation a caller may
+  `state_type` attribute implementing `state.SolverState`: "broyden_reuse"): in evaluation a caller may
   hand in each structure's state from its previous solve (`forward(..., solver_state=...)`,
   per-row tensors, e.g. the secant pairs (S, Y) of Broyden's, each [B, *row, m]); the
   solver builds the state object from them and passes it to the TorchDEQ solver (`state=`),
@@ -36,7 +36,6 @@ with its own tolerance and iteration cap) and adds what the reference code lacke
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -46,13 +45,11 @@ from torchdeq import get_deq
 from torchdeq.solver import get_solver
 
 from .adjoint import AdjointRecord, attach_adjoint
-from .deq_options import DEQBackboneOptions, SolveSettings
-from .solve_scope import SolveScope
-
-_EPS = 1e-9
-_NEVER = 1e-300  # a tolerance TorchDEQ's own stop check never meets
-# the statistic each stop_mode tests against tol
-_REPORTED = {"rel": "rel_residual", "abs": "abs_residual", "error": "error_estimate"}
+from .precision import float32_solver
+from .scope import SolveScope
+from .settings import SolveOptions, SolveSettings
+from .state import solver_state_type
+from .tracker import NEVER, REPORTED, AllConverged, RowRules, TrackedFunction, torchdeq_stop
 
 
 class DEQDivergenceError(FloatingPointError):
@@ -72,228 +69,6 @@ class DEQSolveResult:
     adjoint: AdjointRecord | None = None
 
 
-class _AllConverged(Exception):
-    """Raised from inside f to end a solve as soon as every structure meets its tolerance
-    (the state returned is the tracked lowest-residual one)."""
-
-
-# secant ratios over which the contraction estimate takes its maximum (the newest ones)
-_Q_WINDOW = 2
-
-
-def _torchdeq_stop(phase: str, settings: SolveSettings) -> tuple[float, str]:
-    """(f_tol, f_stop_mode) for TorchDEQ's core of one phase. TorchDEQ knows "rel"/"abs"
-    only. For "error" in evaluation its own check must never end a solve before the error
-    rule holds: relative residuals below tol * (1 - q_max) / q_max satisfy the rule for any
-    estimate q <= q_max, so at such an evaluation the tracker inside f (which runs before
-    TorchDEQ's check) has already ended the solve; /10 is a margin for rounding. In training
-    the solve stops on the relative residual at tol (the tracker never ends training solves)."""
-    if settings.stop_mode != "error":
-        return settings.tol, settings.stop_mode
-    if phase == "train":
-        return settings.tol, "rel"
-    q_max = settings.error_q_max
-    return settings.tol * (1.0 - q_max) / q_max / 10.0, "rel"
-
-
-@dataclass
-class _RowRules:
-    """Each solver row's stop rule. A batch may mix warm-started structures (eval_warm
-    settings) with cold ones (eval_cold): every row is judged by its own phase's tolerance,
-    stop mode and contraction bounds; the solve runs to the larger iteration cap."""
-
-    tol: torch.Tensor  # [rows]
-    by_abs: torch.Tensor  # [rows] bool: stop_mode "abs"
-    by_error: torch.Tensor  # [rows] bool: stop_mode "error"
-    q0: torch.Tensor  # [rows] error_q0
-    q_max: torch.Tensor  # [rows] error_q_max
-    max_iter: int
-
-    @classmethod
-    def of(cls, rows: list[SolveSettings], device) -> _RowRules:
-        def column(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        return cls(
-            tol=column([s.tol for s in rows]),
-            by_abs=column([s.stop_mode == "abs" for s in rows], torch.bool),
-            by_error=column([s.stop_mode == "error" for s in rows], torch.bool),
-            q0=column([s.error_q0 for s in rows]),
-            q_max=column([s.error_q_max for s in rows]),
-            max_iter=max(s.max_iter for s in rows),
-        )
-
-
-def _bound_factor(q: torch.Tensor) -> torch.Tensor:
-    """q / (1 - q): ||f(z) - z*|| <= q/(1-q) ||f(z) - z|| for a q-contraction f."""
-    return q / (1.0 - q)
-
-
-class _TrackedFunction:
-    """Wraps f: marks iterations for the solve scope, records per-structure residuals and
-    keeps, per structure, the evaluated f(z) with the lowest residual (the state the solve
-    returns in evaluation, so that `converged` and the residuals describe exactly it).
-
-    It also estimates, per structure, the contraction factor q of f from consecutive
-    evaluations (secant ratio ||f(z_j) - f(z_{j-1})|| / ||z_j - z_{j-1}||; for a plain
-    fixed-point step z_j = f(z_{j-1}) this is the ratio of successive residuals), taking the
-    largest of the last `_Q_WINDOW` ratios clipped to [0, error_q_max]; with no ratio yet
-    (first evaluation) q is the caller's `prior` or `error_q0`. The error estimate of the
-    lowest-residual state is q/(1-q) x its relative residual, with the newest q (the best
-    state is chosen by relative residual, so it is also the state of lowest estimate). With
-    stop_mode "error", that estimate is the convergence test; since a later q may be larger,
-    a structure can lose its convergence again (its `nstep` is then the evaluation from which
-    the rule held to the end).
-
-    Only the solver's own evaluations count: they run without autograd, whereas the
-    gradient rule's evaluations after the solve (TorchDEQ's phantom steps, the IFT's f(z*))
-    run with it. In evaluation the solve stops at the first evaluation where every structure
-    meets the tolerance (TorchDEQ's Anderson would otherwise spend at least 3 evaluations
-    and check only after the third: a warm start could never beat a cold one)."""
-
-    def __init__(
-        self,
-        f,
-        z0: torch.Tensor,
-        rules: _RowRules,
-        scope: SolveScope,
-        exit_early: bool = False,
-        keep_best: bool = False,
-        prior: torch.Tensor | float | None = None,
-    ):
-        self.f, self.shape, self.rules, self.scope = f, z0.shape, rules, scope
-        self.exit_early = exit_early
-        self.recording = True
-        self.nfe = 0
-        rows, device = z0.shape[0], z0.device
-        self.first_converged = torch.zeros(rows, dtype=torch.long, device=device)
-        self.lowest = torch.full((rows,), float("inf"), device=device)
-        self.abs_at_lowest = torch.full((rows,), float("inf"), device=device)
-        self.rel_at_lowest = torch.full((rows,), float("inf"), device=device)
-        self.best = z0.detach().clone() if keep_best else None
-        # contraction estimate: copies of the newest _Q_WINDOW + 1 evaluations (z, f(z)),
-        # whose secant ratios are taken when the estimate is asked for (every evaluation
-        # under stop_mode "error", else once for the statistics); the prior stands in until
-        # a ratio exists
-        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
-        prior = rules.q0 if prior is None else prior
-        prior = torch.as_tensor(prior, dtype=torch.float32, device=device).reshape(-1).expand(rows)
-        prior = torch.where(torch.isnan(prior), rules.q0, prior)
-        self.prior = torch.minimum(prior.clamp_min(0.0), rules.q_max)
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        self.scope.start_iteration()
-        fz = self.f(z.reshape(self.shape)).reshape(z.shape)
-        if self.recording and not torch.is_grad_enabled():
-            converged_now = self._record(z, fz)
-            if self.exit_early and bool(converged_now.all()):
-                raise _AllConverged
-        return fz
-
-    @torch.no_grad()
-    def _record(self, z, fz) -> torch.Tensor:
-        self.nfe += 1
-        diff = (fz - z).flatten(1).norm(dim=1)
-        rel = diff / (fz.flatten(1).norm(dim=1) + _EPS)
-        self._update_contraction(z, fz)
-        rules = self.rules
-        metric = torch.where(rules.by_abs, diff, rel)
-        better = metric < self.lowest  # False for NaN: a NaN step never becomes "best"
-        self.lowest = torch.where(better, metric, self.lowest)
-        self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
-        self.rel_at_lowest = torch.where(better, rel, self.rel_at_lowest)
-        if self.best is not None:
-            rows = better.view(-1, *([1] * (self.best.dim() - 1)))
-            self.best = torch.where(rows, fz.detach().reshape(self.shape), self.best)
-        met = metric < rules.tol
-        newly = (self.first_converged == 0) & met
-        first = torch.where(newly, self.nfe, self.first_converged)
-        if bool(rules.by_error.any()):
-            met_error = self.error_estimate() < rules.tol  # of the best state, newest q
-            # the rule must hold from nstep on: a grown q can undo an earlier convergence
-            first_error = torch.where(
-                met_error, torch.where(self.first_converged == 0, self.nfe, self.first_converged), 0
-            )
-            met = torch.where(rules.by_error, met_error, met)
-            first = torch.where(rules.by_error, first_error, first)
-        self.first_converged = first
-        return met
-
-    def _update_contraction(self, z, fz) -> None:
-        """Keeps copies of this evaluation (solvers reuse their buffers) among the newest."""
-        self.recent = [*self.recent[-_Q_WINDOW:], (z.detach().flatten(1).clone(), fz.detach().flatten(1).clone())]
-
-    def secant_ratios(self) -> torch.Tensor:
-        """[rows, _Q_WINDOW] secant ratios of the newest evaluations, oldest first (NaN: none;
-        a vanishing step ||dz|| ~ 0 gives none)."""
-        rows = self.shape[0]
-        missing = _Q_WINDOW + 1 - len(self.recent)
-        if missing >= _Q_WINDOW:
-            return torch.full((rows, _Q_WINDOW), float("nan"), device=self.lowest.device)
-        z = torch.stack([z for z, _ in self.recent], dim=1)  # [rows, k, D]
-        fz = torch.stack([fz for _, fz in self.recent], dim=1)
-        step = z.diff(dim=1).norm(dim=2)
-        ratio = fz.diff(dim=1).norm(dim=2) / step.clamp_min(_EPS)
-        valid = (step > _EPS * (z[:, 1:].norm(dim=2) + 1.0)) & torch.isfinite(ratio)
-        ratio = torch.where(valid, ratio.float(), float("nan"))
-        return torch.nn.functional.pad(ratio, (missing, 0), value=float("nan"))
-
-    def contraction(self) -> torch.Tensor:
-        """Per-structure estimate of f's contraction factor (see the class docstring)."""
-        ratios = self.secant_ratios()
-        known = ~torch.isnan(ratios)
-        newest = torch.where(known, ratios, -1.0).amax(dim=1)
-        q = torch.where(known.any(dim=1), newest, self.prior)
-        return torch.minimum(q.clamp_min(0.0), self.rules.q_max)
-
-    def error_estimate(self, q: torch.Tensor | None = None) -> torch.Tensor:
-        """q/(1-q) x relative residual of the lowest-residual state: a bound on its relative
-        distance ||f(z_k) - z*|| / ||f(z_k)|| to the fixed point if f is a q-contraction
-        (q: `contraction()` unless the caller has it already)."""
-        return _bound_factor(self.contraction() if q is None else q) * self.rel_at_lowest
-
-    def stats(self, fixed_point: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-structure statistics of the returned state (the lowest-residual evaluation)."""
-        q = self.contraction()
-        error = self.error_estimate(q)
-        converged = torch.where(self.rules.by_error, error, self.lowest) < self.rules.tol
-        finite = torch.isfinite(fixed_point.detach().flatten(1)).all(dim=1) & torch.isfinite(self.lowest)
-        return {
-            "nstep": torch.where(converged, self.first_converged, self.nfe),
-            "abs_residual": self.abs_at_lowest,
-            "rel_residual": self.rel_at_lowest,
-            "error_estimate": error,
-            "contraction": q,
-            "converged": converged & finite,
-            "finite": finite,
-            "fallback": torch.zeros_like(converged),
-            "nfe": torch.tensor(self.nfe, device=converged.device),
-        }
-
-
-def float32_solver(f, device_type: str, f_under_autocast: bool = False):
-    """Mixed precision (fairchem's --amp autocasts `_forward`; a user may wrap a model in
-    autocast): the solve runs with autocast off, so its arithmetic (residuals, Anderson's
-    Gram matrix and mixing, Broyden's products, the tolerance test) is float32. In half
-    precision the Gram matrix of residual norms above ~256 overflows, and on the OC20 DEQ1
-    width a rel 1e-4 solve never converges (40 evaluations, float32: 12). f runs in float32
-    too unless `f_under_autocast` (deq.solve_under_autocast): then f keeps the caller's
-    autocast (faster blocks) and returns float32, but its rounding sets a residual floor
-    (measured on that width: float16 needs 29 evaluations to rel 1e-4, bfloat16 stalls at
-    7e-4). -> (f to hand the solver, the context the solve runs in)."""
-    if not torch.is_autocast_enabled(device_type):
-        return f, nullcontext()
-    if not f_under_autocast:
-        return f, torch.autocast(device_type, enabled=False)
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def f_autocast(z: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=dtype):
-            return f(z).float()
-
-    return f_autocast, torch.autocast(device_type, enabled=False)
-
-
 def _on_any_rank(flag: torch.Tensor) -> torch.Tensor:
     """Whether `flag` (a bool tensor) is set on any DDP rank (itself outside DDP)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
@@ -303,14 +78,8 @@ def _on_any_rank(flag: torch.Tensor) -> torch.Tensor:
     return value[0] > 0
 
 
-def solver_state_type(name: str):
-    """The state class of a registered solver whose state can be reused between solves
-    (its `state_type` attribute, e.g. BroydenState for "broyden_reuse"), else None."""
-    return getattr(get_solver(name), "state_type", None)
-
-
 class StructureDEQSolver(nn.Module):
-    def __init__(self, options: DEQBackboneOptions):
+    def __init__(self, options: SolveOptions):
         super().__init__()
         self.options = options
         self._build_cores()
@@ -338,8 +107,8 @@ class StructureDEQSolver(nn.Module):
                     b_solver=options.b_solver,
                     f_max_iter=s.max_iter,
                     eval_f_max_iter=s.max_iter,
-                    f_tol=_torchdeq_stop(phase, s)[0],
-                    f_stop_mode=_torchdeq_stop(phase, s)[1],
+                    f_tol=torchdeq_stop(phase, s)[0],
+                    f_stop_mode=torchdeq_stop(phase, s)[1],
                     b_max_iter=options.b_max_iter,
                     b_tol=options.b_tol,
                     b_stop_mode=options.b_stop_mode,
@@ -353,7 +122,7 @@ class StructureDEQSolver(nn.Module):
                     ("eval_warm", options.eval_warm),
                     # a batch of warm and cold rows: each row has its own rule, checked by the
                     # tracker inside f; TorchDEQ's own check (tol 0) never ends the solve
-                    ("eval_mixed", replace(options.eval_cold, tol=_NEVER)),
+                    ("eval_mixed", replace(options.eval_cold, tol=NEVER)),
                 )
             }
         )
@@ -391,7 +160,7 @@ class StructureDEQSolver(nn.Module):
         self.options.check_iterations(phase, settings)
         setattr(self.options, phase, settings)
         core = self.cores[f"phase_{phase}"]
-        core.f_tol, core.f_stop_mode = _torchdeq_stop(phase, settings)
+        core.f_tol, core.f_stop_mode = torchdeq_stop(phase, settings)
         core.f_max_iter = core.eval_f_max_iter = settings.max_iter
 
     def forward(
@@ -457,17 +226,17 @@ class StructureDEQSolver(nn.Module):
             return "eval_warm"
         return "eval_mixed" if bool(warm.any()) else "eval_cold"
 
-    def _rules(self, phase: str, warm: torch.Tensor, device) -> _RowRules:
+    def _rules(self, phase: str, warm: torch.Tensor, device) -> RowRules:
         if phase != "eval_mixed":
-            return _RowRules.of([self.options.phase(phase)] * len(warm), device)
+            return RowRules.of([self.options.phase(phase)] * len(warm), device)
         cold, hot = self.options.eval_cold, self.options.eval_warm
-        return _RowRules.of([hot if w else cold for w in warm.tolist()], device)
+        return RowRules.of([hot if w else cold for w in warm.tolist()], device)
 
     def _solve(self, f, z0, phase, scope, contraction=None, solver_state=None, warm=None) -> DEQSolveResult:
         warm = torch.zeros(z0.shape[0], dtype=torch.bool) if warm is None else warm
         rules = self._rules(phase, warm, z0.device)
         evaluating = not self.training
-        tracked = _TrackedFunction(f, z0, rules, scope, exit_early=evaluating, keep_best=evaluating, prior=contraction)
+        tracked = TrackedFunction(f, z0, rules, scope, exit_early=evaluating, keep_best=evaluating, prior=contraction)
         scope.start_solve()
         # f_max_iter per call: TorchDEQ's sliced core otherwise keeps the iteration plan it
         # computed at construction, and a changed max_iter (set_phase) would be ignored
@@ -480,7 +249,7 @@ class StructureDEQSolver(nn.Module):
             kwargs["state"] = state
         try:
             states, _ = self.cores[f"phase_{phase}"](tracked, z0, solver_kwargs=kwargs)
-        except _AllConverged:
+        except AllConverged:
             pass
         tracked.recording = False
         if evaluating:  # the lowest-residual evaluation, which the statistics describe
@@ -549,6 +318,6 @@ class StructureDEQSolver(nn.Module):
                 settings.max_iter,
                 n_bad,
                 len(stats["converged"]),
-                _REPORTED[settings.stop_mode],
-                float(stats[_REPORTED[settings.stop_mode]].max()),
+                REPORTED[settings.stop_mode],
+                float(stats[REPORTED[settings.stop_mode]].max()),
             )
