@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.train_models import (
+from benchmarks.fixtures import (
+    MINI_WIDTH,
     REPO,
     WORK,
     _checkpoint_complete,
@@ -44,7 +45,6 @@ from benchmarks.train_models import (
     fairchem_train,
     prepare_data,
 )
-from benchmarks.train_oc20 import MINI_WIDTH
 
 REFERENCE = Path(__file__).parent / "reference"
 TRAINING = REFERENCE / "training"
@@ -89,7 +89,7 @@ def _dataset_overrides(dataset: str) -> list[str]:
     if dataset == "ethanol":
         lmdb = prepare_data()
     else:
-        from benchmarks.train_oc20 import prepare_oc20
+        from benchmarks.fixtures import prepare_oc20
 
         lmdb = prepare_oc20()
     return [f"--dataset.{split}.src={lmdb / split}" for split in ("train", "val", "test")]
@@ -232,7 +232,7 @@ def test_errors(name: str, path: Path) -> dict:
     DEQs solved cold at their config's tolerance; the constant-prediction energy MAE beside."""
     import numpy as np
 
-    from benchmarks.train_models import KCAL_PER_EV, Trained, held_out_frames
+    from benchmarks.fixtures import KCAL_PER_EV, Trained, held_out_frames
 
     model = Trained("deq" if name.endswith("deq1") else "eqv2", path, ema=True)
     force_errors, energies, references = [], [], []
@@ -255,7 +255,7 @@ def export(name: str) -> dict:
     """The inference checkpoint and card of `name`'s training state (EMA weights)."""
     import torch
 
-    from benchmarks.common import machine, num_params
+    from benchmarks.fixtures import machine, num_params
     from fairchem_deq.reference import REFERENCE_MODELS, export_inference_checkpoint
 
     state = TRAINING / name / "checkpoint.pt"
@@ -294,7 +294,7 @@ def export(name: str) -> dict:
 
 def _ema_model(name: str, path: Path):
     """The model of a training checkpoint with its EMA weights in place."""
-    from benchmarks.train_models import Trained
+    from benchmarks.fixtures import Trained
 
     return Trained("deq" if name.endswith("deq1") else "eqv2", path, ema=True).model
 

@@ -130,22 +130,6 @@ def test_calculator_evaluates_the_ema_weights_fairchem_validates(ema_checkpoint,
 
 
 @pytest.mark.slow
-def test_benchmark_loader_evaluates_ema_or_raw_weights(ema_checkpoint):
-    from benchmarks.train_models import Trained
-    from fairchem_deq import DEQCalculator
-
-    atoms = ethanol_atoms([0])[0]
-    for ema, weights in ((True, "ema"), (False, "raw")):
-        model = Trained("deq1", ema_checkpoint, ema=ema)
-        assert model.weights == weights
-        torch.manual_seed(0)
-        energy, forces, _, _ = model.predict(atoms)
-        e_calc, f_calc = _energy_forces(DEQCalculator(ema_checkpoint, reuse=False, weights=weights), atoms)
-        assert energy == pytest.approx(e_calc, abs=1e-3)  # Trained adds the offsets in float32
-        np.testing.assert_allclose(forces, f_calc, atol=1e-5)
-
-
-@pytest.mark.slow
 def test_fairchems_ocp_calculator_loads_a_deq_checkpoint(trained_checkpoint):
     """fairchem's OCPCalculator evaluates a DEQ checkpoint (raw weights, as it does for any
     checkpoint: it loads in inference-only mode, without the EMA), each call solved from zero,
