@@ -12,7 +12,7 @@ of benchmarks/RESULTS.md are the only ones. On a machine without CUDA it says so
    EquiformerV2-1/4/8 forwards vs DEQ1 with exactly 1, 2 and 3 evaluations of f (plain
    fixed-point steps) and a cold Anderson solve to rel 1e-2. Ratios to EquiformerV2-4 in one
    process, interleaved; fresh weights give the cost of an evaluation, not a trained
-   model's iteration counts (those come from `benchmarks.step_speed` on trained models).
+   model's iteration counts (benchmarks.solving and benchmarks.speed: reference models).
 
     .venv/bin/python -m benchmarks.gpu_check [--repeats 20] [--skip-tests]
 
