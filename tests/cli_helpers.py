@@ -73,3 +73,10 @@ def logged_losses(text: str) -> list[float]:
 
 def logged_steps(text: str) -> list[int]:
     return [int(float(m)) for m in STEP.findall(text)]
+
+
+def md_args(checkpoint: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    """`fairchem-deq md` on the bundled ethanol frames (frame 0), without a progress bar."""
+    data = Path(__file__).parent / "data" / "md17_ethanol_300.npz"
+    return ["md", "--checkpoint", str(checkpoint), "--structure", str(data), "--steps", str(steps), "--out", str(out),
+            "--no-progress", *extra]  # fmt: skip

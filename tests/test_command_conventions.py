@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import md_args
 from conftest import DATA
 
 BIN = Path(sys.executable).parent
@@ -110,19 +111,7 @@ def test_ctrl_c_while_the_command_starts_is_rc_130_without_traceback(tmp_path, d
 @pytest.mark.slow
 def test_sigint_during_md_start_up_is_rc_130_without_traceback(tmp_path, trained_checkpoint):
     out = tmp_path / "md"
-    proc = start(
-        "md",
-        "--checkpoint",
-        str(trained_checkpoint),
-        "--structure",
-        str(DATA / "md17_ethanol_300.npz"),
-        "--steps",
-        "5",
-        "--out",
-        str(out),
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    proc = start(*md_args(trained_checkpoint, out, 5), cwd=tmp_path)
     wait_for(out.exists, proc)  # the command has started: checkpoint loading follows
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -134,19 +123,7 @@ def test_sigint_during_md_start_up_is_rc_130_without_traceback(tmp_path, trained
 @pytest.mark.slow
 def test_sigterm_during_md_leaves_no_output(tmp_path, trained_checkpoint):
     out = tmp_path / "md"
-    proc = start(
-        "md",
-        "--checkpoint",
-        str(trained_checkpoint),
-        "--structure",
-        str(DATA / "md17_ethanol_300.npz"),
-        "--steps",
-        "100000",
-        "--out",
-        str(out),
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    proc = start(*md_args(trained_checkpoint, out, 100000), cwd=tmp_path)
     stage = out / f".partial-{proc.pid}"
     wait_for((stage / ".md.traj.partial").exists, proc, timeout=300)
     time.sleep(1.0)  # a few MD steps written

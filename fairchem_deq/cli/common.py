@@ -23,9 +23,9 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warm-start",
         choices=list(PREDICTORS),
-        default="last",
+        default=None,
         help="next fixed point: copy of the last step's (last) or extrapolated "
-        "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last",
+        "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last (linear with --propagation)",
     )
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")

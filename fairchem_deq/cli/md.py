@@ -12,11 +12,25 @@ from fairchem_deq.cli.common import (
     load_calculator_and_structure,
     write_report,
 )
+from fairchem_deq.solve.propagation import PROPAGATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_and_structure_arguments(parser)
     parser.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
+    parser.add_argument(
+        "--propagation",
+        choices=sorted(PROPAGATIONS),
+        default=None,
+        help="warm steps take a fixed number of evaluations of f (one_step: 1, two_step: 2) instead of a "
+        "converged solve; default: converged solve every step",
+    )
+    parser.add_argument(
+        "--propagation-guard",
+        type=float,
+        default=0.05,
+        help="with --propagation: a step whose error estimate exceeds this falls back to a converged solve",
+    )
     parser.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--temperature", type=float, default=300.0, help="K, initial velocities and NVT bath")
@@ -61,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     bond_reference = BondReference.from_file(args.bond_reference) if args.bond_reference else None
     with staged_outputs(args.out, OUTPUTS, overwrite=args.overwrite) as out:
-        calc, atoms = load_calculator_and_structure(args)
+        calc, atoms = load_calculator_and_structure(
+            args, propagation=args.propagation, propagation_guard=args.propagation_guard
+        )
         report = run_md(
             atoms,
             calc,
@@ -82,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             on_step=_printer(args.print_every),
         )
         summary = report.to_dict()
+        summary["propagation"] = args.propagation
+        summary["propagation_fallbacks"] = calc.propagation_fallbacks
         final = Path(args.out).absolute()
         summary["trajectory"], summary["log"] = str(final / "md.traj"), str(final / "md_log.csv")
         write_report(out, summary)

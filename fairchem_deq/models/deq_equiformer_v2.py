@@ -112,6 +112,7 @@ class DEQFixedPointLayer(nn.Module):
             contraction=start.contraction,
             solver_state=self._padded_state(solve, x_inj),
             adjoint_guess=adjoint_guess,
+            propagation=start.propagation,
         )
         if solve.result.adjoint is not None:
             solve.result.adjoint.unpad = layout.unpad
@@ -236,6 +237,7 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             else tuple(layout.unpad(t).detach() for t in result.solver_state),
             adjoint=result.adjoint,
             states=[self._normed(layout.unpad(s)) for s in result.states[:-1]] if self.training else [],
+            carry=None if result.carry is None else layout.unpad(result.carry).detach(),
         )
         return out
 

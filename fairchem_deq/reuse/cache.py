@@ -258,7 +258,7 @@ class FixedPointCache:
             self.put(
                 keys[i],
                 fids[i] if fids else None,
-                solution.fixed_point[start : start + n],
+                solution.history_point[start : start + n],
                 batch.atomic_numbers[start : start + n].long(),
                 batch.pos[start : start + n],
                 None if state is None else tuple(t[start : start + n] for t in state),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fairchem_deq.solve import WARM_START_ATTRIBUTE, DEQSolution, WarmStart
+from fairchem_deq.solve import WARM_START_ATTRIBUTE, DEQSolution, Propagation, WarmStart
 
 from .batch_rows import batch_keys
 from .cache import FixedPointCache
@@ -64,17 +64,20 @@ def forward_with_reuse(
     reuse: bool = True,
     compare_cold: bool = False,
     lockstep: bool = False,
+    propagation: Propagation | None = None,
 ) -> ReuseStep:
     """`forward(batch)` (a model call) started from the cache's warm start for `keys`
     (default: the batch's sids). `reuse` False: a cold pass that leaves the cache alone.
     `lockstep`: the batch holds every live system (a trajectory-ordered pass, a relaxation
-    batch), so systems absent from it have ended and are dropped."""
+    batch), so systems absent from it have ended and are dropped. `propagation`: warm-started
+    batches take a fixed number of evaluations (`fairchem_deq.solve.propagation`)."""
     _forget_warm_start(batch)
     start = cache.warm_start(batch, keys) if reuse else WarmStart.cold(len(batch.natoms))
     cold_outputs = cold_backbone = None
     if start.any_warm and compare_cold:
         cold_outputs, cold_backbone = run_capturing_backbone(forward, backbone, batch)
     if start.any_warm:
+        start.propagation = propagation
         setattr(batch, WARM_START_ATTRIBUTE, start)
     try:
         outputs, backbone_output = run_capturing_backbone(forward, backbone, batch)

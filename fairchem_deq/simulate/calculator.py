@@ -46,6 +46,7 @@ from fairchem_deq.command import CheckpointError
 from fairchem_deq.data.atoms_graphs import atoms_to_batch
 from fairchem_deq.models import DEQEquiformerV2Backbone
 from fairchem_deq.reuse import FixedPointCache, force_deviation, forward_with_reuse, get_predictor
+from fairchem_deq.solve import Propagation
 
 TRAINER = "fairchem_deq.trainers.DEQForcesTrainer"
 
@@ -116,7 +117,7 @@ class DEQCalculator(OCPCalculator):
         tol: float | None = None,
         max_iter: int | None = None,
         seed: int | None = 0,
-        warm_start: str = "last",
+        warm_start: str | None = None,
         compare_cold: bool = False,
         reuse_max_displacement: float | str | None = "checkpoint",
         solver: str | None = None,
@@ -125,6 +126,8 @@ class DEQCalculator(OCPCalculator):
         b_max_iter: int | None = None,
         reuse_adjoint: bool = True,
         weights: str = "auto",
+        propagation: str | None = None,
+        propagation_guard: float = 0.05,
     ):
         """`tol`/`max_iter` override the checkpoint's evaluation solver settings (cold and
         warm): the accuracy knob of a DEQ, a tighter tol costs iterations. `warm_start` picks
@@ -139,12 +142,20 @@ class DEQCalculator(OCPCalculator):
         solve from the previous call's adjoint (False: from zero). `weights`: "auto" (the
         checkpoint's EMA weights where it holds them, as fairchem's validation reports, else
         the raw ones), "ema" (an error without them) or "raw" (`state_dict` as trained, what
-        fairchem's OCPCalculator evaluates); `self.weights` says which are used."""
+        fairchem's OCPCalculator evaluates); `self.weights` says which are used.
+        `propagation` ("one_step", "two_step"; None: a converged solve every call): warm calls
+        take exactly that many evaluations of f, no convergence loop, with the predictor
+        `warm_start` (default then "linear"); a call whose error estimate exceeds
+        `propagation_guard` falls back to a converged solve (`last_solver_stats["propagated"]`
+        False). See fairchem_deq.solve.propagation."""
+        self.propagation = None if propagation is None else Propagation.named(propagation, guard=propagation_guard)
+        warm_start = warm_start or ("linear" if propagation else "last")
         get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
         check_weights_choice(weights)
         checkpoint, self.is_deq = check_calculator_checkpoint(checkpoint_path)
         resolve_weights(checkpoint, weights, checkpoint_path)  # no EMA to use: fail before loading
         solve_options = {"tol": tol, "max_iter": max_iter, "solver": solver, "b_tol": b_tol, "b_max_iter": b_max_iter}
+        solve_options["propagation"] = propagation
         if not self.is_deq and any(v is not None for v in solve_options.values()):
             given = ", ".join(k for k, v in solve_options.items() if v is not None)
             raise ValueError(
@@ -158,6 +169,10 @@ class DEQCalculator(OCPCalculator):
         self.weights = apply_weights(self.trainer._unwrapped_model, checkpoint, weights)
         del checkpoint
         self.model = self.trainer.model.eval()
+        if self.propagation is not None and not self.model.backbone.direct_forces:
+            raise ValueError(
+                "propagation needs direct forces: energy-gradient forces differentiate a converged fixed point"
+            )
         self.reuse, self.compare_cold = reuse and self.is_deq, compare_cold and self.is_deq
         self.fixed_point_cache = self._make_cache(warm_start, reuse_max_displacement, reuse_adjoint)
         changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
@@ -170,6 +185,7 @@ class DEQCalculator(OCPCalculator):
             self.model.backbone.set_backward_settings(**backward)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
+        self.propagation_fallbacks = 0  # propagated calls whose guard sent them to a converged solve
         self.last_solver_stats: dict[str, float | str] = {}
 
     def _make_cache(self, warm_start, reuse_max_displacement, reuse_adjoint) -> FixedPointCache | None:
@@ -220,9 +236,12 @@ class DEQCalculator(OCPCalculator):
                 self.fixed_point_cache,
                 reuse=self.reuse,
                 compare_cold=self.compare_cold,
+                propagation=self.propagation,
             )
         self._store_results(step.outputs, batch)
         self.last_solver_stats = _first_structure(step.solution.stats)
+        if self.last_solver_stats.get("propagated") is False:
+            self.propagation_fallbacks += 1
         self.last_solver_stats["weights"] = self.weights
         if self.compare_cold:
             self.last_solver_stats.update(self._cold_comparison(step, batch))

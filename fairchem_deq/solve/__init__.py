@@ -8,6 +8,7 @@
 - `broyden_reuse`: TorchDEQ solver "broyden_reuse" (registered on import), its `BroydenState`;
 - `adjoint`: the implicit derivative of z* with a backward solve that can start warm;
 - `precision`: the solve in float32 under autocast;
+- `propagation`: a fixed number of evaluations per step instead of a converged solve;
 - `layout`: one solver row per structure (`PaddedLayout`);
 - `scope`: state that lives for one solve (per-solve caches, frozen dropout masks);
 - `warm_start`: `WarmStart` in (one batch attribute), `DEQSolution` out (one backbone output).
@@ -20,6 +21,7 @@ reused also sets `solver.state_type` to a class implementing `state.SolverState`
 from .adjoint import AdjointRecord
 from .broyden_reuse import BroydenState, broyden_reuse_solver
 from .layout import PaddedLayout
+from .propagation import PROPAGATIONS, Propagation
 from .scope import SolveScope
 from .settings import PHASES, SolveOptions, SolveSettings, registered_solvers
 from .solver import DEQDivergenceError, DEQSolveResult, StructureDEQSolver
@@ -28,6 +30,7 @@ from .warm_start import WARM_START_ATTRIBUTE, DEQSolution, WarmStart
 
 __all__ = [
     "PHASES",
+    "PROPAGATIONS",
     "WARM_START_ATTRIBUTE",
     "AdjointRecord",
     "BroydenState",
@@ -35,6 +38,7 @@ __all__ = [
     "DEQSolution",
     "DEQSolveResult",
     "PaddedLayout",
+    "Propagation",
     "SolveOptions",
     "SolveScope",
     "SolveSettings",

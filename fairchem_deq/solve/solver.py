@@ -46,6 +46,7 @@ from torchdeq.solver import get_solver
 
 from .adjoint import AdjointRecord, attach_adjoint
 from .precision import float32_solver
+from .propagation import Propagation, propagate
 from .scope import SolveScope
 from .settings import SolveOptions, SolveSettings
 from .state import solver_state_type
@@ -67,6 +68,9 @@ class DEQSolveResult:
     # evaluation with track_inputs: the backward (adjoint) solve's record, filled once the
     # gradient has been taken
     adjoint: AdjointRecord | None = None
+    # fixed-budget propagation: the state the next step's prediction extrapolates from,
+    # when it differs from `fixed_point` (one evaluation: f(z_p), not the over-relaxed output)
+    carry: torch.Tensor | None = None
 
 
 def _on_any_rank(flag: torch.Tensor) -> torch.Tensor:
@@ -173,6 +177,7 @@ class StructureDEQSolver(nn.Module):
         contraction: torch.Tensor | float | None = None,
         solver_state: tuple[torch.Tensor, ...] | None = None,
         adjoint_guess: torch.Tensor | None = None,
+        propagation: Propagation | None = None,
     ) -> DEQSolveResult:
         """`warm_started` (bool, or per structure [B]): which rows start from a previous
         fixed point; in evaluation each row is solved with its phase's settings (eval_warm or
@@ -186,12 +191,18 @@ class StructureDEQSolver(nn.Module):
         otherwise): per-row tensors of a previous solve's state (`result.solver_state`;
         zero rows: none), where the solver's own model starts. `adjoint_guess` (with
         `track_inputs`; rows like z0, zeros: none): where the backward (adjoint) solve starts,
-        e.g. the previous step's `result.adjoint.solution`."""
+        e.g. the previous step's `result.adjoint.solution`. `propagation` (evaluation, every
+        row warm, no `track_inputs`): a fixed number of evaluations instead of a converged
+        solve (`fairchem_deq.solve.propagation`); rows its guard refuses are solved."""
         warm = torch.as_tensor(warm_started, dtype=torch.bool).reshape(-1).expand(z0.shape[0]).cpu()
         phase = self._phase(warm)
         f, solver_precision = float32_solver(f, z0.device.type, self.options.solve_under_autocast)
+        propagating = propagation is not None and not self.training and not track_inputs and bool(warm.all())
         with solver_precision:
-            result = self._solve(f, z0, phase, scope, contraction, solver_state, warm)
+            if propagating:
+                result = self._propagate(f, z0, scope, propagation, contraction, warm)
+            else:
+                result = self._solve(f, z0, phase, scope, contraction, solver_state, warm)
             if not self.training and self.options.fallback_cold_start:
                 failed = warm.to(z0.device) & ~result.stats["converged"]
                 if bool(failed.any()):
@@ -217,6 +228,34 @@ class StructureDEQSolver(nn.Module):
         with torch.enable_grad():
             z_out = attach_adjoint(untracked, result.fixed_point, self._b_solver, self._b_kwargs, record)
         return replace(result, fixed_point=z_out, states=[z_out], adjoint=record)
+
+    def _propagate(self, f, z0, scope, propagation: Propagation, contraction, warm) -> DEQSolveResult:
+        """k evaluations from the warm start z0; rows whose error estimate exceeds the guard
+        are solved to the eval_warm tolerance from the carried state (`propagated` False,
+        `nstep` k + that solve's)."""
+        rules = self._rules("eval_warm", warm, z0.device)
+        tracked = TrackedFunction(f, z0, rules, scope, prior=contraction)
+        scope.start_solve()
+        output, carry = propagate(tracked, z0, propagation)
+        tracked.recording = False
+        stats = tracked.stats(output)
+        passed = (stats["error_estimate"] < propagation.guard) & stats["finite"]
+        steps = torch.full_like(stats["nstep"], propagation.evaluations)
+        stats.update(nstep=steps, converged=passed, propagated=passed.clone())
+        if bool(passed.all()):
+            return DEQSolveResult(output, [output], stats, carry=carry)
+        solved = self._solve(f, torch.nan_to_num(carry.detach()), "eval_warm", scope, contraction, None, warm)
+        keep = passed.view(-1, *([1] * (z0.dim() - 1)))
+        combined = {
+            key: torch.where(passed, value, solved.stats[key])
+            for key, value in stats.items()
+            if value.dim() == 1 and key in solved.stats
+        }
+        combined["nstep"] = torch.where(passed, steps, steps + solved.stats["nstep"])
+        combined["propagated"] = passed
+        combined["nfe"] = stats["nfe"] + solved.stats["nfe"]
+        fixed_point = torch.where(keep, output, solved.fixed_point)
+        return DEQSolveResult(fixed_point, [fixed_point], combined, carry=torch.where(keep, carry, solved.fixed_point))
 
     def _phase(self, warm: torch.Tensor) -> str:
         """The solve's phase: train, eval_warm / eval_cold (every row alike) or eval_mixed."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adjoint import AdjointRecord
+from .propagation import Propagation
 
 WARM_START_ATTRIBUTE = "warm_start"  # the batch attribute the backbone reads
 
@@ -37,6 +38,8 @@ class WarmStart:
     # [n_structures] each warm structure's last contraction estimate (NaN: none), the prior of
     # the "error" stop rule before the new solve measures its own
     contraction: torch.Tensor | None = None
+    # fixed-budget propagation (evaluation): k evaluations instead of a converged solve
+    propagation: Propagation | None = None
 
     @classmethod
     def cold(cls, num_structures: int) -> WarmStart:
@@ -71,3 +74,11 @@ class DEQSolution:
     # training with deq.n_states > 1: intermediate states (normed SO3 embeddings) for the
     # fixed-point-correction loss
     states: list = field(default_factory=list)
+    # fixed-budget propagation: the state the next prediction extrapolates from (per atom),
+    # when it differs from `fixed_point`; the cache keeps it instead of the output
+    carry: torch.Tensor | None = None
+
+    @property
+    def history_point(self) -> torch.Tensor:
+        """What the cache's history keeps for this solve."""
+        return self.fixed_point if self.carry is None else self.carry
