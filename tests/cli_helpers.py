@@ -80,3 +80,28 @@ def md_args(checkpoint: Path, out: Path, steps: int, *extra: str) -> list[str]:
     data = Path(__file__).parent / "data" / "md17_ethanol_300.npz"
     return ["md", "--checkpoint", str(checkpoint), "--structure", str(data), "--steps", str(steps), "--out", str(out),
             "--no-progress", *extra]  # fmt: skip
+
+
+def train_args(config: str, run_dir: Path, data_dir: Path, identifier: str, epochs: int, *extra: str) -> list[str]:
+    """fairchem --mode train of a shipped config at the tiny width on `data_dir`'s LMDBs,
+    without validation during training, printing every 4 steps."""
+    return [
+        "--mode",
+        "train",
+        "--config-yml",
+        str(REPO / config),
+        "--cpu",
+        "--run-dir",
+        str(run_dir),
+        "--identifier",
+        identifier,
+        "--timestamp-id",
+        identifier,
+        "--print-every",
+        "4",
+        *TINY_OVERRIDES,
+        *dataset_overrides(data_dir),
+        f"--optim.max_epochs={epochs}",
+        "--optim.eval_every=1000000",
+        *extra,
+    ]

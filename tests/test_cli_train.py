@@ -5,33 +5,21 @@ from __future__ import annotations
 import glob
 
 import pytest
-from cli_helpers import REPO, TINY_OVERRIDES, dataset_overrides, logged_losses, logged_steps, run_cli
+from cli_helpers import logged_losses, logged_steps, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
 
 def _train_args(run_dir, data_dir, identifier, epochs):
-    return [
-        "--mode",
-        "train",
-        "--config-yml",
-        str(REPO / "configs/md17/ethanol/deq1.yml"),
-        "--cpu",
-        "--run-dir",
-        str(run_dir),
-        "--identifier",
+    return train_args(
+        "configs/md17/ethanol/deq1.yml",
+        run_dir,
+        data_dir,
         identifier,
-        "--timestamp-id",
-        identifier,
-        "--print-every",
-        "4",
-        *TINY_OVERRIDES,
-        *dataset_overrides(data_dir),
-        f"--optim.max_epochs={epochs}",
-        "--optim.eval_every=1000000",
+        epochs,
         "--optim.lr_initial=0.002",
         "--optim.checkpoint_every=-1",  # fairchem: save checkpoint.pt at the end of every epoch
-    ]
+    )
 
 
 def test_training_through_fairchem_cli_lowers_loss_and_logs_solver_stats(ethanol_lmdb, tmp_path):

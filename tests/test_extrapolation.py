@@ -195,8 +195,12 @@ def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpo
             "--out",
             "x",
         ]
-        assert parser.parse_args(base).warm_start == "last"
+        assert parser.parse_args(base).warm_start is None  # the calculator's default: last
         with pytest.raises(SystemExit):
             parser.parse_args([*base, "--warm-start", "cubic"])
     calc, atoms = load_calculator_and_structure(parser.parse_args([*base, "--warm-start", "aspc"]))
     assert calc.fixed_point_cache.predictor == "aspc" and len(atoms) == 9
+    calc, _ = load_calculator_and_structure(parser.parse_args(base))
+    assert calc.fixed_point_cache.predictor == "last"
+    calc, _ = load_calculator_and_structure(parser.parse_args(base), propagation="one_step")
+    assert calc.fixed_point_cache.predictor == "linear"  # propagation extrapolates linearly by default

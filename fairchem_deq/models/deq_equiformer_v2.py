@@ -212,6 +212,11 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             raise ValueError(f"Unknown DEQ phase {phase!r}; choose one of {PHASES}")
         self.deq_layer.solver.set_phase(phase, **changes)
 
+    def set_jacobian_regularisation(self, vectors: int) -> None:
+        """Training solves return the Jacobian regularisation term (out["deq"].jacobian_loss)
+        estimated with `vectors` random vectors; 0 turns it off (optim.deq.jac_reg_weight)."""
+        self.deq_layer.solver.set_jacobian_regularisation(vectors)
+
     def set_backward_settings(self, **changes) -> None:
         """E.g. set_backward_settings(b_tol=1e-2, b_stop_mode="rel"): the adjoint solve of
         energy-gradient forces in evaluation."""
@@ -238,6 +243,7 @@ class DEQEquiformerV2Backbone(EquiformerV2Backbone):
             adjoint=result.adjoint,
             states=[self._normed(layout.unpad(s)) for s in result.states[:-1]] if self.training else [],
             carry=None if result.carry is None else layout.unpad(result.carry).detach(),
+            jacobian_loss=result.jacobian_loss,
         )
         return out
 

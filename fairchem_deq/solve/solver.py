@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchdeq import get_deq
+from torchdeq.loss import jac_reg
 from torchdeq.solver import get_solver
 
 from .adjoint import AdjointRecord, attach_adjoint
@@ -71,6 +72,9 @@ class DEQSolveResult:
     # fixed-budget propagation: the state the next step's prediction extrapolates from,
     # when it differs from `fixed_point` (one evaluation: f(z_p), not the over-relaxed output)
     carry: torch.Tensor | None = None
+    # training with Jacobian regularisation: the Hutchinson estimate of ||J_f(z*)||_F^2 / dim
+    # (with graph, a loss term)
+    jacobian_loss: torch.Tensor | None = None
 
 
 def _on_any_rank(flag: torch.Tensor) -> torch.Tensor:
@@ -91,6 +95,7 @@ class StructureDEQSolver(nn.Module):
         # evaluation's implicit derivative of z* (energy-gradient forces), b_* settings fixed
         self._b_solver = get_solver(options.b_solver)
         self.last_adjoint: AdjointRecord | None = None
+        self.jacobian_vectors = 0  # training's Jacobian regularisation (set_jacobian_regularisation)
         self.set_backward()
 
     @property
@@ -208,9 +213,26 @@ class StructureDEQSolver(nn.Module):
                 if bool(failed.any()):
                     result = self._retry_cold(f, result, scope, failed, contraction)
             self._check(result, phase)
+            if self.training and self.jacobian_vectors:
+                result = replace(result, jacobian_loss=self._jacobian_loss(f, result, scope))
             if track_inputs and not self.training:
                 result = self._attach_implicit_gradient(f, result, scope, adjoint_guess)
         return result
+
+    def set_jacobian_regularisation(self, vectors: int) -> None:
+        """Training solves also return the Hutchinson estimate of ||J_f(z*)||_F^2 / dim with
+        `vectors` random vectors (0: off), as `result.jacobian_loss`."""
+        if not (isinstance(vectors, int) and vectors >= 0):
+            raise ValueError(f"Jacobian regularisation vectors must be an int >= 0, got {vectors!r}")
+        self.jacobian_vectors = vectors
+
+    def _jacobian_loss(self, f, result: DEQSolveResult, scope) -> torch.Tensor:
+        """TorchDEQ's jac_reg at the fixed point: one more evaluation of f with graph (the
+        solve's dropout masks), differentiable in f's parameters."""
+        z = result.fixed_point.detach().requires_grad_()
+        with torch.enable_grad():
+            scope.start_iteration()
+            return jac_reg(f(z), z, vecs=self.jacobian_vectors, create_graph=True)
 
     def _attach_implicit_gradient(self, f, result: DEQSolveResult, scope, adjoint_guess=None) -> DEQSolveResult:
         """z_out = f(z*) (one more evaluation, with graph) whose backward solves the adjoint

@@ -77,6 +77,8 @@ class DEQSolution:
     # fixed-budget propagation: the state the next prediction extrapolates from (per atom),
     # when it differs from `fixed_point`; the cache keeps it instead of the output
     carry: torch.Tensor | None = None
+    # training with Jacobian regularisation: the loss term (||J_f(z*)||_F^2 / dim, with graph)
+    jacobian_loss: torch.Tensor | None = None
 
     @property
     def history_point(self) -> torch.Tensor:

@@ -69,6 +69,9 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
         # [sum, count], left out of the validation loss, and which predicted rows are padding
         self._padding_loss = [0.0, 0]
         self._padding_rows: list[bool] = []
+        self._jacobian_loss = None  # this training step's Jacobian regularisation term
+        if self.deq_train.jac_reg_weight > 0:
+            self._backbone.set_jacobian_regularisation(self.deq_train.jac_reg_vectors)
 
     # ---- model access -------------------------------------------------------------
     @property
@@ -146,6 +149,10 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
                 natoms=batch.natoms,
                 refused=step.warm_start.refused,
             )
+        self._jacobian_loss = solution.jacobian_loss if self.model.training else None
+        if self._jacobian_loss is not None and not padding:
+            jacobian = {"total": float(self._jacobian_loss), "numel": 1}
+            self._last_deq_metrics["deq_jac_reg"] = jacobian
         self._fpc_outputs = []
         if self.model.training and self.deq_train.fpc_weight > 0:
             graph = step.backbone_output["graph"]
@@ -187,6 +194,8 @@ class DEQForcesTrainer(TrainingRunMixin, ReadoutConstantsMixin, EMAWarmupMixin, 
 
     def _compute_loss(self, out, batch):
         loss = super()._compute_loss(out, batch)
+        if self._jacobian_loss is not None:
+            loss = loss + self.deq_train.jac_reg_weight * self._jacobian_loss
         if self._fpc_outputs:
             correction = sum(super(DEQForcesTrainer, self)._compute_loss(o, batch) for o in self._fpc_outputs)
             loss = loss + self.deq_train.fpc_weight * correction / len(self._fpc_outputs)

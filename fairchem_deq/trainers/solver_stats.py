@@ -15,8 +15,10 @@ from fairchem_deq.reuse import force_deviation
 
 # nstep: solver evaluations per structure; *_warm / fallback: warm-started structures only;
 # nstep_cold / markov_dev: the optional cold comparison; reuse_refused: cached fixed points
-# not reused because the structure moved beyond the displacement bound
+# not reused because the structure moved beyond the displacement bound; contraction: the
+# solver's estimate of f's contraction factor q per structure
 STATISTICS = (
+    "contraction",
     "fallback",
     "markov_dev",
     "nonconverged",
@@ -69,6 +71,8 @@ class SolverStatsAccumulator:
             "deq_rel_residual": self._acc("rel_residual", stats["rel_residual"]),
             "deq_nonconverged": self._acc("nonconverged", (~stats["converged"]).double()),
         }
+        if "contraction" in stats:
+            metrics["deq_contraction"] = self._acc("contraction", stats["contraction"])
         if refused is not None:
             metrics["deq_reuse_refused"] = self._acc("reuse_refused", refused.double())
         if bool(warm.any()):
