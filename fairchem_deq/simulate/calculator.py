@@ -26,7 +26,8 @@ say "ema" or "raw"). fairchem's OCPCalculator evaluates the raw weights of `chec
 Explicit baselines: a fairchem EquiformerV2 checkpoint (e.g. configs/md17/ethanol/eqv2_4l.yml)
 runs through the same calculator (same graph building, weights choice and float64 energies,
 no fixed point: `calc.is_deq` is False), so a DEQ and its baselines are compared through one
-code path.
+code path. Loading, weights and physical units: `checkpoint_model.py`, shared with the
+torch-sim model (`fairchem_deq.simulate.torchsim`).
 """
 
 from __future__ import annotations
@@ -36,73 +37,20 @@ from typing import ClassVar
 
 import torch
 from ase.calculators.calculator import Calculator, all_changes
-from fairchem.core.common.registry import registry
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
-from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone
-from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
 
-from fairchem_deq.checkpoint_weights import apply_weights, check_weights_choice, resolve_weights
-from fairchem_deq.command import CheckpointError
 from fairchem_deq.data.atoms_graphs import atoms_to_batch
-from fairchem_deq.models import DEQEquiformerV2Backbone
-from fairchem_deq.reuse import FixedPointCache, force_deviation, forward_with_reuse, get_predictor
-from fairchem_deq.solve import Propagation
+from fairchem_deq.reuse import force_deviation, forward_with_reuse
 
-TRAINER = "fairchem_deq.trainers.DEQForcesTrainer"
+from .checkpoint_model import (
+    TRAINER,
+    check_calculator_checkpoint,
+    check_deq_checkpoint,
+    load_checkpoint_model,
+    predictor_for,
+)
 
-
-def check_deq_checkpoint(checkpoint_path: str | Path) -> dict:
-    """Loads a checkpoint's config and fails clearly unless it holds a DEQuiformer."""
-    checkpoint, backbone, cls = _load_checkpoint(checkpoint_path)
-    if cls is None or not issubclass(cls, DEQEquiformerV2Backbone):
-        raise CheckpointError(
-            f"{checkpoint_path} is not a DEQuiformer checkpoint: its model backbone is "
-            f"{backbone!r}, expected fairchem_deq.models.DEQEquiformerV2Backbone. "
-            "Use fairchem's OCPCalculator for it."
-        )
-    return checkpoint
-
-
-def check_calculator_checkpoint(checkpoint_path: str | Path) -> tuple[dict, bool]:
-    """(checkpoint, is_deq) of a DEQuiformer or an explicit EquiformerV2 checkpoint; a clear
-    error for anything else."""
-    checkpoint, backbone, cls = _load_checkpoint(checkpoint_path)
-    if cls is not None and issubclass(cls, DEQEquiformerV2Backbone):
-        return checkpoint, True
-    if cls is not None and issubclass(cls, EquiformerV2Backbone):
-        return checkpoint, False
-    raise CheckpointError(
-        f"{checkpoint_path} is neither a DEQuiformer nor an EquiformerV2 checkpoint: its model backbone "
-        f"is {backbone!r}. Use fairchem's OCPCalculator for it."
-    )
-
-
-def _load_checkpoint(checkpoint_path: str | Path) -> tuple[dict, str | None, type | None]:
-    """The checkpoint, the name of its backbone and the class fairchem's registry gives it."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(config, dict) or "model" not in config:
-        raise CheckpointError(f"{path} is not a fairchem checkpoint (no 'config' with a model)")
-    backbone = (config["model"].get("backbone") or {}).get("model") if isinstance(config["model"], dict) else None
-    try:
-        cls = registry.get_model_class(backbone) if backbone else None
-    except RuntimeError:  # a name fairchem's registry does not know
-        cls = None
-    return checkpoint, backbone or config["model"].get("name"), cls
-
-
-def _explicit_trainer(config: dict) -> str:
-    """The trainer that trained an explicit checkpoint when it is an EquiformerV2 forces
-    trainer (ours records its dotted path), else fairchem's."""
-    name = config.get("trainer")
-    cls = registry.get_trainer_class(name) if isinstance(name, str) and "." in name else None
-    return name if isinstance(cls, type) and issubclass(cls, EquiformerV2ForcesTrainer) else "equiformerv2_forces"
+__all__ = ["TRAINER", "DEQCalculator", "check_calculator_checkpoint", "check_deq_checkpoint"]
 
 
 class DEQCalculator(OCPCalculator):
@@ -148,58 +96,36 @@ class DEQCalculator(OCPCalculator):
         `warm_start` (default then "linear"); a call whose error estimate exceeds
         `propagation_guard` falls back to a converged solve (`last_solver_stats["propagated"]`
         False). See fairchem_deq.solve.propagation."""
-        self.propagation = None if propagation is None else Propagation.named(propagation, guard=propagation_guard)
-        warm_start = warm_start or ("linear" if propagation else "last")
-        get_predictor(warm_start)  # an unknown name fails before the checkpoint is loaded
-        check_weights_choice(weights)
-        checkpoint, self.is_deq = check_calculator_checkpoint(checkpoint_path)
-        resolve_weights(checkpoint, weights, checkpoint_path)  # no EMA to use: fail before loading
-        solve_options = {"tol": tol, "max_iter": max_iter, "solver": solver, "b_tol": b_tol, "b_max_iter": b_max_iter}
-        solve_options["propagation"] = propagation
-        if not self.is_deq and any(v is not None for v in solve_options.values()):
-            given = ", ".join(k for k, v in solve_options.items() if v is not None)
-            raise ValueError(
-                f"{checkpoint_path} is an explicit EquiformerV2: it has no fixed-point solve to set ({given})"
-            )
-        # fairchem's OCPCalculator loads the checkpoint into a trainer: model, normalisers,
-        # element references; in its inference-only mode it drops the EMA weights (the
-        # trainer's `ema` is None), so they are put in here.
-        trainer = TRAINER if self.is_deq else _explicit_trainer(checkpoint["config"])
-        super().__init__(checkpoint_path=checkpoint_path, trainer=trainer, cpu=cpu, seed=seed)
-        self.weights = apply_weights(self.trainer._unwrapped_model, checkpoint, weights)
-        del checkpoint
-        self.model = self.trainer.model.eval()
-        if self.propagation is not None and not self.model.backbone.direct_forces:
-            raise ValueError(
-                "propagation needs direct forces: energy-gradient forces differentiate a converged fixed point"
-            )
+
+        def build_trainer(name: str):
+            # fairchem's OCPCalculator loads the checkpoint into a trainer: model,
+            # normalisers, element references (the loader then puts in the EMA weights)
+            super(DEQCalculator, self).__init__(checkpoint_path=checkpoint_path, trainer=name, cpu=cpu, seed=seed)
+            return self.trainer
+
+        self.loaded = load_checkpoint_model(
+            checkpoint_path,
+            build_trainer,
+            weights=weights,
+            warm_start=warm_start,
+            tol=tol,
+            max_iter=max_iter,
+            solver=solver,
+            solver_kwargs=solver_kwargs,
+            b_tol=b_tol,
+            b_max_iter=b_max_iter,
+            propagation=propagation,
+            propagation_guard=propagation_guard,
+        )
+        self.model, self.is_deq, self.weights = self.loaded.model, self.loaded.is_deq, self.loaded.weights
+        self.propagation = self.loaded.propagation
         self.reuse, self.compare_cold = reuse and self.is_deq, compare_cold and self.is_deq
-        self.fixed_point_cache = self._make_cache(warm_start, reuse_max_displacement, reuse_adjoint)
-        changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
-        for phase in ("eval_cold", "eval_warm") if changes else ():
-            self.model.backbone.set_solver_settings(phase, **changes)
-        if solver is not None:
-            self.model.backbone.set_solver(solver, solver_kwargs)
-        backward = {k: v for k, v in (("b_tol", b_tol), ("b_max_iter", b_max_iter)) if v is not None}
-        if backward:
-            self.model.backbone.set_backward_settings(**backward)
+        warm_start = predictor_for(warm_start, propagation)
+        self.fixed_point_cache = self.loaded.make_cache(warm_start, reuse_max_displacement, reuse_adjoint)
         self._signature = None
         self._calls = 0  # frame id of the next call: the cache extrapolates along it
         self.propagation_fallbacks = 0  # propagated calls whose guard sent them to a converged solve
         self.last_solver_stats: dict[str, float | str] = {}
-
-    def _make_cache(self, warm_start, reuse_max_displacement, reuse_adjoint) -> FixedPointCache | None:
-        """The checkpoint's task.deq block configures the cache; an explicit model has none."""
-        if not self.is_deq:
-            return None
-        options = self.trainer.reuse_options
-        return FixedPointCache(
-            options.cache_size,
-            warm_start,
-            options.cache_mb,
-            options.reuse_max_displacement if reuse_max_displacement == "checkpoint" else reuse_max_displacement,
-            keep_adjoint=reuse_adjoint,
-        )
 
     @classmethod
     def from_reference(cls, name: str, **kwargs) -> DEQCalculator:
@@ -253,18 +179,7 @@ class DEQCalculator(OCPCalculator):
         self.results["forces"] = forces.detach().cpu().numpy().reshape(-1, 3)
 
     def _physical(self, target: str, outputs: dict, batch) -> torch.Tensor:
-        """A model output in physical units: fairchem's normaliser and element references,
-        applied in float64 to the energy (offsets of thousands of eV)."""
-        value = self._target(target, outputs)
-        value = value.double() if target == "energy" else value
-        if target in self.trainer.normalizers:
-            value = self.trainer.normalizers[target](value)
-        if target in self.trainer.elementrefs:
-            # fairchem's LinearReferences add [n_atoms, 1] per-atom references by structure:
-            # the per-structure values go in as [n_structures, 1] (as fairchem's trainer has them)
-            refs = self.trainer.elementrefs[target]
-            value = refs(value.reshape(len(batch.natoms), -1), batch).reshape(value.shape)
-        return value
+        return self.loaded.physical(target, outputs, batch)
 
     def _cold_comparison(self, step, batch) -> dict:
         """nstep_cold / markov_dev of the call; a call that was solved from zero anyway is
@@ -278,9 +193,7 @@ class DEQCalculator(OCPCalculator):
         }
 
     def _target(self, target: str, outputs: dict) -> torch.Tensor:
-        """The tensor of `target` in hydra's outputs (a head may return a dict of properties)."""
-        value = outputs[target]
-        return value if torch.is_tensor(value) else value[self.trainer.output_targets[target]["property"]]
+        return self.loaded.target(target, outputs)
 
 
 def _first_structure(stats: dict) -> dict:
