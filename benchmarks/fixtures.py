@@ -367,23 +367,27 @@ def derived_checkpoint(source: Path, num_layers: int) -> Path:
 
 @dataclass(frozen=True)
 class Setting:
-    """One way of solving, written "stop_mode/tol/predictor/solver" (e.g. "rel/1e-2/aspc/
-    broyden_reuse"): the stop rule and tolerance of every evaluation solve, the warm start
-    (`DEQCalculator(warm_start=)`; "cold": every frame from zero) and the solver."""
+    """One way of solving, written "stop_mode/tol/predictor/solver[/propagation]" (e.g.
+    "rel/1e-2/aspc/broyden_reuse", "rel/1e-2/linear/anderson/one_step"): the stop rule and
+    tolerance of every solve, the warm start (`DEQCalculator(warm_start=)`; "cold": every
+    frame from zero), the solver, and the fixed-budget propagation of warm steps
+    (`DEQCalculator(propagation=)`; "solve", the default: a converged solve)."""
 
     stop_mode: str
     tol: float
     predictor: str
     solver: str
+    propagation: str = "solve"
 
     @classmethod
     def parse(cls, spec: str) -> Setting:
-        stop_mode, tol, predictor, solver = spec.split("/")
-        return cls(stop_mode, float(tol), predictor, solver)
+        stop_mode, tol, predictor, solver, *propagation = spec.split("/")
+        return cls(stop_mode, float(tol), predictor, solver, *propagation)
 
     @property
     def label(self) -> str:
-        return f"{self.stop_mode}/{self.tol:g}/{self.predictor}/{self.solver}"
+        label = f"{self.stop_mode}/{self.tol:g}/{self.predictor}/{self.solver}"
+        return label if self.propagation == "solve" else f"{label}/{self.propagation}"
 
     def calculator(self, models: Models, name: str, max_iter: int = 40):
         """A fresh DEQCalculator of model `name` solving this way (its own warm chain)."""
@@ -395,6 +399,7 @@ class Setting:
             reuse=not cold,
             warm_start="last" if cold else self.predictor,
             solver=self.solver,
+            propagation=None if cold or self.propagation == "solve" else self.propagation,
         )
         for phase in ("eval_cold", "eval_warm"):
             calc.model.backbone.set_solver_settings(phase, stop_mode=self.stop_mode)

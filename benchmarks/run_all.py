@@ -38,7 +38,7 @@ PROFILES = {
         "accuracy": ["--frames", "2", "--oc20-frames", "2", "--curve-frames", "2"],
         "solving": [
             *("--frames", "2", "--oc20-frames", "2", "--tols", "1e-2", "--predictors", "cold", "last"),
-            *("--stop-modes", "rel", "error", "--solvers", "anderson"),
+            *("--stop-modes", "rel", "error", "--solvers", "anderson", "--propagations", "solve", "one_step"),
         ],
         "speed": [
             *("--frames", "2", "--systems", "ethanol"),

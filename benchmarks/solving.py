@@ -2,8 +2,9 @@
 exact fixed point, for each way of solving?
 
 One grid: stop rule x tolerance x predictor (the warm start; "cold" solves every frame from
-zero) x solver (propagation joins as an axis once the library has it). Every setting
-("stop/tol/predictor/solver", `fixtures.Setting`) is its own DEQCalculator chain along
+zero) x solver x propagation ("solve": converged solves; "one_step"/"two_step": a fixed
+number of evaluations per warm step, `fairchem_deq.solve.propagation`). Every setting
+("stop/tol/predictor/solver[/propagation]", `fixtures.Setting`) is its own DEQCalculator chain along
 consecutive frames, the first solved from zero: the held-back MD17 ethanol frames 1800..
 (`ethanol_deq1`) and consecutive optimiser steps of a 100+ atom OC20 slab (`oc20_deq1`).
 Per setting, over the frames after the first: solver evaluations per step (mean nstep); the
@@ -18,6 +19,7 @@ benchmarks.speed times the settings and takes its force errors from this JSON.
 
     .venv/bin/python -m benchmarks.solving [--frames 40] [--oc20-frames 20] [--tols 1e-2 3e-3 1e-3]
         [--predictors cold last linear quadratic aspc] [--stop-modes rel error] [--solvers anderson broyden_reuse]
+        [--propagations solve one_step two_step]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from benchmarks import fixtures as fx
 
 def chain(setting: fx.Setting, models, name: str, frames: list, tight: fx.TightForces, max_iter: int):
     """-> (per-frame records, forces per frame) of one setting's chain along `frames`."""
-    rec = {k: [] for k in ("nstep", "force_error", "fallback", "converged")}
+    rec = {k: [] for k in ("nstep", "force_error", "fallback", "converged", "propagated")}
     forces = []
 
     def record(_label, calc, atoms):
@@ -41,6 +43,7 @@ def chain(setting: fx.Setting, models, name: str, frames: list, tight: fx.TightF
         rec["nstep"].append(int(stats["nstep"]))
         rec["fallback"].append(bool(stats.get("fallback")))
         rec["converged"].append(bool(stats["converged"]))
+        rec["propagated"].append(stats.get("propagated"))  # None: a solve; False: the guard fell back
         forces.append(calc.results["forces"].copy())
         rec["force_error"].append(fx.rel_error(forces[-1], tight(atoms)))
 
@@ -55,6 +58,7 @@ def summarise(rec: dict) -> dict:
         "force_error_mean": statistics.mean(err),
         "force_error_max": max(err),
         "fallbacks": sum(rec["fallback"]),
+        "propagation_fallbacks": rec["propagated"].count(False),
         "nonconverged": rec["converged"].count(False),
         "frames": len(err),
     }
@@ -93,7 +97,7 @@ def run_system(system: str, n: int, settings: list[fx.Setting], models, max_iter
         )
     tight.save()
     for setting in settings:
-        cold = replace(setting, predictor="cold").label
+        cold = replace(setting, predictor="cold", propagation="solve").label
         if setting.predictor != "cold" and cold in rows:
             markov = [fx.rel_error(w, c) for w, c in zip(forces[setting.label], forces[cold])]
             rows[setting.label].update(
@@ -124,7 +128,7 @@ def plot(results: dict, out) -> None:
     colors, markers = {}, {}
     for ax, (system, res) in zip(axes[0], results.items()):
         for label, row in res["settings"].items():
-            stop, _, predictor, solver = label.split("/")
+            stop, _, predictor, solver, *_ = label.split("/")
             color = colors.setdefault(predictor, f"C{len(colors)}")
             marker = markers.setdefault(solver, "osD^v"[len(markers) % 5])
             face = color if stop == "rel" else "none"
@@ -148,15 +152,18 @@ def main(argv=None) -> dict:
     p.add_argument("--predictors", nargs="+", default=["cold", "last", "linear", "quadratic", "aspc"])
     p.add_argument("--stop-modes", nargs="+", default=["rel", "error"])
     p.add_argument("--solvers", nargs="+", default=["anderson", "broyden_reuse"])
+    p.add_argument("--propagations", nargs="+", default=["solve", "one_step", "two_step"])
     p.add_argument("--max-iter", type=int, default=40)
     args = p.parse_args(argv)
     models = fx.start(args)
     settings = [
-        fx.Setting(stop, tol, predictor, solver)
+        fx.Setting(stop, tol, predictor, solver, propagation)
         for stop in args.stop_modes
         for tol in args.tols
         for solver in args.solvers
         for predictor in args.predictors
+        for propagation in args.propagations
+        if propagation == "solve" or predictor != "cold"  # a cold chain has nothing to propagate
     ]
     results = {s: run_system(s, n, settings, models, args.max_iter) for s, n in fx.frames_of(args).items()}
     payload = {

@@ -29,6 +29,7 @@ EXPECTED = {
     "solving": [
         ("systems", "ethanol", "settings", "rel/0.01/last/anderson", "evaluations_cold"),
         ("systems", "ethanol", "settings", "error/0.01/cold/anderson", "force_error_max"),
+        ("systems", "ethanol", "settings", "rel/0.01/last/anderson/one_step", "evaluations"),
         ("systems", "oc20", "settings", "rel/0.01/last/anderson", "markov_deviation_max"),
         ("systems", "oc20", "step_displacement_A", "max"),
     ],

@@ -202,5 +202,7 @@ def test_md_and_relax_commands_pass_warm_start_to_the_calculator(trained_checkpo
     assert calc.fixed_point_cache.predictor == "aspc" and len(atoms) == 9
     calc, _ = load_calculator_and_structure(parser.parse_args(base))
     assert calc.fixed_point_cache.predictor == "last"
+    calc, _ = load_calculator_and_structure(parser.parse_args(base), propagation="two_step")
+    assert calc.fixed_point_cache.predictor == "linear"  # two-step propagation extrapolates linearly by default
     calc, _ = load_calculator_and_structure(parser.parse_args(base), propagation="one_step")
-    assert calc.fixed_point_cache.predictor == "linear"  # propagation extrapolates linearly by default
+    assert calc.fixed_point_cache.predictor == "last"  # a linear one-step history can diverge

@@ -93,7 +93,8 @@ class DEQCalculator(OCPCalculator):
         fairchem's OCPCalculator evaluates); `self.weights` says which are used.
         `propagation` ("one_step", "two_step"; None: a converged solve every call): warm calls
         take exactly that many evaluations of f, no convergence loop, with the predictor
-        `warm_start` (default then "linear"); a call whose error estimate exceeds
+        `warm_start` (default then "last" for one_step, "linear" for two_step: a linear
+        one-step history can diverge); a call whose error estimate exceeds
         `propagation_guard` falls back to a converged solve (`last_solver_stats["propagated"]`
         False). See fairchem_deq.solve.propagation."""
 
