@@ -1,6 +1,6 @@
-"""Arguments shared by `fairchem-deq md` and `fairchem-deq relax`, and their output folder.
+"""Arguments shared by `fairchem-deq md`, `relax` and `replicas`, and their output folder.
 
-Both write named files into --out through `staged_outputs`: all appear at the end or none
+All write named files into --out through `staged_outputs`: all appear at the end or none
 (error, Ctrl-C, SIGTERM), and a previous run's files are not replaced without --overwrite.
 """
 
@@ -36,20 +36,46 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show fairchem's INFO logging")
 
 
-def load_calculator_and_structure(args, **calculator_options):
+def add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
+    from fairchem_deq.solve.propagation import PROPAGATIONS
+
+    parser.add_argument(
+        "--propagation",
+        choices=sorted(PROPAGATIONS),
+        default=None,
+        help="warm steps take a fixed number of evaluations of f (one_step: 1, two_step: 2) instead of a "
+        "converged solve; default: converged solve every step",
+    )
+    parser.add_argument(
+        "--propagation-guard",
+        type=float,
+        default=0.05,
+        help="with --propagation: a step whose error estimate exceeds this falls back to a converged solve",
+    )
+
+
+def load_structure(args):
+    """The --frame of --structure (no calculator attached), with fairchem's logging quiet
+    unless --verbose (its setup_logging reads LOGLEVEL; it dumps the whole config at INFO)."""
     import os
 
-    if not args.verbose:  # fairchem's setup_logging reads LOGLEVEL (it dumps the whole config at INFO)
+    if not args.verbose:
         os.environ["LOGLEVEL"] = "WARNING"
     from fairchem_deq.command import UserError
     from fairchem_deq.data.readers import read_frames
-    from fairchem_deq.simulate.calculator import DEQCalculator
 
     frames = read_frames(args.structure)
     if not -len(frames) <= args.frame < len(frames):
         raise UserError(f"--frame {args.frame} out of range: {args.structure} has {len(frames)} frames")
     atoms = frames[args.frame].copy()
     atoms.calc = None
+    return atoms
+
+
+def load_calculator_and_structure(args, **calculator_options):
+    atoms = load_structure(args)
+    from fairchem_deq.simulate.calculator import DEQCalculator
+
     calc = DEQCalculator(
         args.checkpoint, cpu=not args.gpu, reuse=not args.no_reuse, warm_start=args.warm_start, **calculator_options
     )

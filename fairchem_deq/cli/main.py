@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "fairchem_deq.cli.convert",
     "md": "fairchem_deq.cli.md",
     "relax": "fairchem_deq.cli.relax",
+    "replicas": "fairchem_deq.cli.replicas",
     "submission": "fairchem_deq.cli.leaderboard",
     "sweep": "fairchem_deq.cli.sweep",
 }

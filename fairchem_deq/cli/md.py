@@ -9,28 +9,16 @@ from pathlib import Path
 
 from fairchem_deq.cli.common import (
     add_model_and_structure_arguments,
+    add_propagation_arguments,
     load_calculator_and_structure,
     write_report,
 )
-from fairchem_deq.solve.propagation import PROPAGATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_and_structure_arguments(parser)
     parser.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
-    parser.add_argument(
-        "--propagation",
-        choices=sorted(PROPAGATIONS),
-        default=None,
-        help="warm steps take a fixed number of evaluations of f (one_step: 1, two_step: 2) instead of a "
-        "converged solve; default: converged solve every step",
-    )
-    parser.add_argument(
-        "--propagation-guard",
-        type=float,
-        default=0.05,
-        help="with --propagation: a step whose error estimate exceeds this falls back to a converged solve",
-    )
+    add_propagation_arguments(parser)
     parser.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--temperature", type=float, default=300.0, help="K, initial velocities and NVT bath")

@@ -153,18 +153,33 @@ class FixedPointCache:
         is within the displacement bound; else None (a refused entry is dropped)."""
         return self._lookup(key, atomic_numbers, positions, cell, pbc)[0]
 
+    def reusable(
+        self,
+        key,
+        atomic_numbers: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cell: torch.Tensor | None = None,
+        pbc: torch.Tensor | None = None,
+    ) -> bool:
+        """Whether `get` would return `key`'s entry, without counting, reordering or evicting."""
+        entry = self._entries.get(key)
+        return same_atoms(entry, atomic_numbers) and not self._too_far(entry, positions, cell, pbc)
+
+    def _too_far(self, entry: CachedFixedPoint, positions, cell, pbc) -> bool:
+        return (
+            positions is not None
+            and entry.positions is not None
+            and self.max_displacement is not None
+            and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement
+        )
+
     def _lookup(self, key, atomic_numbers, positions, cell, pbc) -> tuple[CachedFixedPoint | None, bool]:
         """`get`, and whether an entry for the same atoms was refused; counts hits/misses/refusals."""
         entry = self._entries.get(key)
         if not same_atoms(entry, atomic_numbers):
             self.misses += 1
             return None, False
-        if (
-            positions is not None
-            and entry.positions is not None
-            and self.max_displacement is not None
-            and max_displacement(positions, entry.positions, cell, pbc) > self.max_displacement
-        ):
+        if self._too_far(entry, positions, cell, pbc):
             self.refused += 1
             self.evict(key)
             return None, True
