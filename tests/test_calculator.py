@@ -117,6 +117,8 @@ def test_an_explicit_equiformer_v2_runs_through_the_same_calculator(explicit_che
 
     calc = DEQCalculator(explicit_checkpoint, weights="raw")
     assert not calc.is_deq and calc.fixed_point_cache is None and not calc.reuse
+    grad_in_forward = []  # fairchem's backbone turned autograd on in every forward (direct forces need none)
+    calc.model.backbone.norm.register_forward_pre_hook(lambda *_: grad_in_forward.append(torch.is_grad_enabled()))
     reference = OCPCalculator(checkpoint_path=explicit_checkpoint, cpu=True, seed=0)
     for atoms in ethanol_atoms([0, 1]):
         ours, theirs = atoms.copy(), atoms.copy()
@@ -124,6 +126,7 @@ def test_an_explicit_equiformer_v2_runs_through_the_same_calculator(explicit_che
         assert ours.get_potential_energy() == pytest.approx(theirs.get_potential_energy(), abs=1e-3)
         np.testing.assert_allclose(ours.get_forces(), theirs.get_forces(), atol=1e-5)
         assert calc.last_solver_stats == {"weights": "raw"}
+    assert grad_in_forward and not any(grad_in_forward)
     assert DEQCalculator(explicit_checkpoint).weights == "ema"
     with pytest.raises(ValueError, match="explicit EquiformerV2: it has no fixed-point solve to set \\(tol\\)"):
         DEQCalculator(explicit_checkpoint, tol=1e-3)

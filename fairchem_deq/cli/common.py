@@ -25,7 +25,7 @@ def add_model_and_structure_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(PREDICTORS),
         default=None,
         help="next fixed point: copy of the last step's (last) or extrapolated "
-        "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last (linear with --propagation)",
+        "from the last 2, 3 or 4 steps (linear, quadratic, aspc); default last (linear with --propagation two_step)",
     )
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--out", required=True, help="output folder (trajectory, log, report.json)")

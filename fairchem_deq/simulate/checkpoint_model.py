@@ -27,7 +27,7 @@ from fairchem.core.models.equiformer_v2.trainers.forces_trainer import Equiforme
 
 from fairchem_deq.checkpoint_weights import apply_weights, check_weights_choice, resolve_weights
 from fairchem_deq.command import CheckpointError
-from fairchem_deq.models import DEQEquiformerV2Backbone
+from fairchem_deq.models import DEQEquiformerV2Backbone, EnergyGradientForcesHead
 from fairchem_deq.reuse import FixedPointCache, get_predictor
 from fairchem_deq.solve import Propagation
 
@@ -143,6 +143,15 @@ class CheckpointModel:
 PROPAGATION_PREDICTORS = {None: "last", "one_step": "last", "two_step": "linear"}
 
 
+def _without_autograd(model) -> None:
+    """fairchem's EquiformerV2Backbone turns autograd on in every forward unless the backbone
+    says `direct_forces` (its conditional_grad decorator); with force heads that are not energy
+    gradients (fairchem's equiformerV2 heads) that only costs time, so an explicit baseline
+    runs without it, as the DEQ backbone does (a fair comparison through one path)."""
+    if not any(isinstance(head, EnergyGradientForcesHead) for head in model.output_heads.values()):
+        model.backbone.direct_forces = True
+
+
 def predictor_for(warm_start: str | None, propagation: str | None) -> str:
     """The warm-start predictor: `warm_start`, by default "last" (one_step: "last"; two_step:
     "linear")."""
@@ -182,6 +191,8 @@ def load_checkpoint_model(
     chosen = apply_weights(trainer._unwrapped_model, checkpoint, weights)
     del checkpoint
     model = trainer.model.eval()
+    if not is_deq:
+        _without_autograd(model)
     if propagating is not None and not model.backbone.direct_forces:
         raise ValueError(
             "propagation needs direct forces: energy-gradient forces differentiate a converged fixed point"
