@@ -24,6 +24,7 @@ from benchmarks import reference_models
 
 MODELS = {"ethanol": ("ethanol_deq1", "ethanol_eqv2_4l", "ethanol_eqv2_8l"), "oc20": ("oc20_deq1", "oc20_eqv2_4l")}
 UNITS = {"ethanol": (fx.KCAL_PER_EV, "kcal/mol"), "oc20": (1.0, "eV")}
+SNAPSHOTS_NOTE = "(benchmarks.reference_models keeps them untracked in benchmarks/work/reference_snapshots/)"
 PAPER_FORCES_MAE = {"EquiformerV2-4": 0.222, "EquiformerV2-8": 0.218, "DEQ1": 0.224, "DEQ2": 0.207}  # kcal/mol/Å
 
 
@@ -37,12 +38,9 @@ def errors(calc, frames: list, scale: float) -> dict:
         energy_err.append(abs(calc.results["energy"] - atoms.info["energy_ev"]))
         norms = np.linalg.norm(f, axis=1) * np.linalg.norm(ref, axis=1)
         cosine.append(np.sum(f * ref, axis=1) / np.maximum(norms, 1e-12))
-    return {
-        "forces_mae": scale * float(np.mean(np.concatenate(force_err))),
-        "energy_mae": scale * float(np.mean(energy_err)),
-        "force_cosine": float(np.mean(np.concatenate(cosine))),
-        "frames": len(frames),
-    }
+    forces_mae, energy_mae = (scale * float(np.mean(e)) for e in (np.concatenate(force_err), energy_err))
+    row = {"forces_mae": forces_mae, "energy_mae": energy_mae, "force_cosine": float(np.mean(np.concatenate(cosine)))}
+    return row | {"frames": len(frames)}
 
 
 def learning_curve(name: str, frames: list, scale: float) -> list[dict]:
@@ -86,17 +84,9 @@ def main(argv=None) -> dict:
             curve = learning_curve(name, frames[system][: args.curve_frames], scale)
             if curve:
                 curves[name] = curve
-    payload = {
-        "command": fx.command("accuracy", argv),
-        "machine": fx.machine(),
-        "systems": results,
-        "paper_forces_mae_kcal_mol_A": PAPER_FORCES_MAE,
-        "learning_curves": curves,
-        "learning_curves_note": None
-        if curves
-        else "no training snapshots on this machine "
-        "(benchmarks.reference_models keeps them untracked in benchmarks/work/reference_snapshots/)",
-    }
+    payload = {"command": fx.command("accuracy", argv), "machine": fx.machine(), "systems": results}
+    payload |= {"paper_forces_mae_kcal_mol_A": PAPER_FORCES_MAE, "learning_curves": curves}
+    payload["learning_curves_note"] = None if curves else "no training snapshots on this machine " + SNAPSHOTS_NOTE
     fx.write_json("accuracy", payload, args.out)
     plot(results, curves, args.out)
     return payload

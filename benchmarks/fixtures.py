@@ -389,21 +389,22 @@ class Setting:
         label = f"{self.stop_mode}/{self.tol:g}/{self.predictor}/{self.solver}"
         return label if self.propagation == "solve" else f"{label}/{self.propagation}"
 
+    def options(self, max_iter: int = 40) -> dict:
+        """The options of a DEQCalculator or DEQTorchSimModel solving this way."""
+        cold = self.predictor == "cold"
+        options = {"tol": self.tol, "max_iter": max_iter, "reuse": not cold, "solver": self.solver}
+        options["propagation"] = None if cold or self.propagation == "solve" else self.propagation
+        return options | {"warm_start": "last" if cold else self.predictor}
+
+    def stopping(self, model):
+        """`model` (a DEQCalculator or DEQTorchSimModel) with this stop rule in its solves."""
+        for phase in ("eval_cold", "eval_warm"):
+            model.model.backbone.set_solver_settings(phase, stop_mode=self.stop_mode)
+        return model
+
     def calculator(self, models: Models, name: str, max_iter: int = 40):
         """A fresh DEQCalculator of model `name` solving this way (its own warm chain)."""
-        cold = self.predictor == "cold"
-        calc = models.calculator(
-            name,
-            tol=self.tol,
-            max_iter=max_iter,
-            reuse=not cold,
-            warm_start="last" if cold else self.predictor,
-            solver=self.solver,
-            propagation=None if cold or self.propagation == "solve" else self.propagation,
-        )
-        for phase in ("eval_cold", "eval_warm"):
-            calc.model.backbone.set_solver_settings(phase, stop_mode=self.stop_mode)
-        return calc
+        return self.stopping(models.calculator(name, **self.options(max_iter)))
 
 
 class TightForces:

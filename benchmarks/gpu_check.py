@@ -36,30 +36,17 @@ REPO = Path(__file__).parents[1]
 EXPLICIT = {"EquiformerV2-1": 1, "EquiformerV2-4": 4, "EquiformerV2-8": 8}
 # DEQ1 settings timed: exactly k evaluations of f, and a cold solve to tolerance
 DEQ_SETTINGS = {
-    "DEQ1 1 evaluation": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 1, "tol": 1e-12}},
-    "DEQ1 2 evaluations": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 2, "tol": 1e-12}},
-    "DEQ1 3 evaluations": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": 3, "tol": 1e-12}},
-    "DEQ1 cold rel 1e-2": {"eval_cold": {"max_iter": 40, "tol": 1e-2}},
-}
+    f"DEQ1 {k} evaluation{'s' * (k > 1)}": {"solver": "fixed_point_iter", "eval_cold": {"max_iter": k, "tol": 1e-12}}
+    for k in (1, 2, 3)
+} | {"DEQ1 cold rel 1e-2": {"eval_cold": {"max_iter": 40, "tol": 1e-2}}}
 
 
 def run_tests() -> dict:
     """pytest on the `gpu` tests and the uneven-batches DDP test -> exit codes."""
-    results = {}
-    suites = {
-        "gpu tests": ["-m", "gpu", "tests"],
-        "ddp uneven (2 CPU ranks)": [
-            "tests/test_trainer_reuse.py::test_two_rank_validate_and_predict_with_uneven_batches_per_rank"
-        ],
-    }
-    for name, args in suites.items():
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    results, ddp = {}, "tests/test_trainer_reuse.py::test_two_rank_validate_and_predict_with_uneven_batches_per_rank"
+    for name, args in {"gpu tests": ["-m", "gpu", "tests"], "ddp uneven (2 CPU ranks)": [ddp]}.items():
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
         results[name] = {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
         print(f"{name}: exit {proc.returncode} {results[name]['summary']}", flush=True)
     return results
@@ -127,13 +114,10 @@ def mixed_precision(repeats: int, device: str = "cuda", solver_variants: bool = 
         finally:
             deq_solver.float32_solver = float32_solve
         reference = forces if reference is None else reference
-        out[label] = {
-            "evaluations": int(stats["nstep"][0]),
-            "converged": bool(stats["converged"][0]),
-            "rel_residual": float(stats["rel_residual"][0]),
-            "force_deviation_vs_float32": float((forces - reference).norm() / reference.norm()),
-            "seconds": _timed(forward, repeats) if repeats else None,
-        }
+        deviation = float((forces - reference).norm() / reference.norm())
+        row = {"evaluations": int(stats["nstep"][0]), "converged": bool(stats["converged"][0])}
+        row |= {"rel_residual": float(stats["rel_residual"][0]), "force_deviation_vs_float32": deviation}
+        out[label] = row | {"seconds": _timed(forward, repeats) if repeats else None}
         print(label, out[label], flush=True)
     out["structure"] = {"file": "tests/data/random1000156.traj", "atoms": len(atoms)}
     return out
@@ -171,35 +155,25 @@ def main(argv=None) -> int:
     parser = make_parser(__doc__)  # --out: the results folder (--checkpoints, --threads: unused here)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument(
-        "--cpu-mixed-precision",
-        action="store_true",
-        help="only the mixed-precision comparison, on the CPU (CPU autocast; writes gpu_check_cpu_amp.json)",
-    )
+    only = "only the mixed-precision comparison, on the CPU (CPU autocast; writes gpu_check_cpu_amp.json)"
+    parser.add_argument("--cpu-mixed-precision", action="store_true", help=only)
     args = parser.parse_args(argv)
     if args.cpu_mixed_precision:
         import fairchem_deq
 
         result = mixed_precision(0, device="cpu", solver_variants=True)
-        write_json(
-            "gpu_check_cpu_amp",
-            {"command": "python -m benchmarks.gpu_check --cpu-mixed-precision", "machine": machine(), **result},
-            args.out,
-        )
+        command = "python -m benchmarks.gpu_check --cpu-mixed-precision"
+        write_json("gpu_check_cpu_amp", {"command": command, "machine": machine(), **result}, args.out)
         return 0
     if not torch.cuda.is_available():
         print(f"gpu-check skipped: CUDA is not available here (torch {torch.__version__}); run it on a GPU machine")
         return 0
     import fairchem_deq  # noqa: F401 - registers the models
 
-    payload = {
-        "command": "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
-        "gpus": torch.cuda.device_count(),
-        "tests": {} if args.skip_tests else run_tests(),
-        "mixed_precision": mixed_precision(args.repeats),
-        "step_cost": step_cost(args.repeats),
-    }
+    command = "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command, "machine": machine(), "gpus": torch.cuda.device_count()}
+    payload["tests"] = {} if args.skip_tests else run_tests()
+    payload |= {"mixed_precision": mixed_precision(args.repeats), "step_cost": step_cost(args.repeats)}
     path = write_json("gpu_check", payload, args.out)
     print(f"wrote {path}")
     failed = [name for name, r in payload["tests"].items() if r["returncode"] != 0]

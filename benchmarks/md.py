@@ -60,23 +60,15 @@ def run(job: tuple) -> dict:
         )
         trajectory = read(report.trajectory, ":")
     etot = np.array([r["etot_eV"] for r in report.rows])
-    return {
-        "model": fx.LABELS.get(name, name),
-        "name": name,
-        "ensemble": ensemble,
-        "temperature_K": temperature,
-        "seed": seed,
-        "start_frame": frame,
-        "steps_requested": steps,
-        "steps_survived": report.steps_run if report.unphysical_step is None else report.unphysical_step,
-        "collapsed": report.unphysical_step is not None,
-        "reason": report.unphysical_reason,
-        "evaluations_per_step": report.mean_solver_iterations,
-        "max_bond_deviation_A": report.max_bond_deviation_A,
-        "h_r_error_percent": distance_histogram_error(trajectory, dft),
-        "drift_meV_per_atom_per_ps": report.energy_drift_meV_per_atom_per_ps,
-        "max_abs_etot_change_meV_per_atom": float(np.abs(etot - etot[0]).max() / report.natoms * 1e3),
-    }
+    survived = report.steps_run if report.unphysical_step is None else report.unphysical_step
+    row = {"model": fx.LABELS.get(name, name), "name": name, "ensemble": ensemble, "temperature_K": temperature}
+    row |= {"seed": seed, "start_frame": frame, "steps_requested": steps, "steps_survived": survived}
+    row |= {"collapsed": report.unphysical_step is not None, "reason": report.unphysical_reason}
+    row |= {"evaluations_per_step": report.mean_solver_iterations, "max_bond_deviation_A": report.max_bond_deviation_A}
+    row |= {"h_r_error_percent": distance_histogram_error(trajectory, dft)}
+    row |= {"drift_meV_per_atom_per_ps": report.energy_drift_meV_per_atom_per_ps}
+    row["max_abs_etot_change_meV_per_atom"] = float(np.abs(etot - etot[0]).max() / report.natoms * 1e3)
+    return row
 
 
 def nvt_groups(runs: list[dict]) -> dict[str, list[dict]]:
@@ -93,15 +85,11 @@ def summarise(runs: list[dict]) -> dict:
     for key, rows in nvt_groups(runs).items():
         steps = [r["steps_survived"] for r in rows]
         evaluations = [r["evaluations_per_step"] for r in rows if r["evaluations_per_step"] is not None]
-        out[key] = {
-            "runs": len(rows),
-            "collapsed": sum(r["collapsed"] for r in rows),
-            "steps_survived_median": statistics.median(steps),
-            "steps_survived_min": min(steps),
-            "steps_survived_max": max(steps),
-            "h_r_error_percent_median": statistics.median(r["h_r_error_percent"] for r in rows),
-            "evaluations_per_step_mean": statistics.mean(evaluations) if evaluations else None,
-        }
+        out[key] = {"runs": len(rows), "collapsed": sum(r["collapsed"] for r in rows)}
+        out[key] |= {"steps_survived_median": statistics.median(steps), "steps_survived_min": min(steps)}
+        out[key] |= {"steps_survived_max": max(steps)}
+        out[key]["h_r_error_percent_median"] = statistics.median(r["h_r_error_percent"] for r in rows)
+        out[key]["evaluations_per_step_mean"] = statistics.mean(evaluations) if evaluations else None
     return out
 
 
@@ -113,9 +101,7 @@ def plot(runs: list[dict], out) -> None:
         t = np.array([0] + [r["steps_survived"] for r in rows]) * TIMESTEP_FS / 1000
         alive = 1 - np.cumsum([0] + [r["collapsed"] for r in rows]) / len(rows)
         ax.step(t, alive, where="post", label=key)
-    ax.set_xlabel("time (ps)")
-    ax.set_ylabel("fraction of runs not collapsed")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set(xlabel="time (ps)", ylabel="fraction of runs not collapsed", ylim=(-0.05, 1.05))
     ax.set_title("MD17 ethanol, Langevin 0.5 fs; collapse: a bond > 0.5 Å from its DFT mean", fontsize=9)
     ax.legend(fontsize=8)
     fx.save_figure(fig, "md", out)
@@ -148,15 +134,10 @@ def main(argv=None) -> dict:
     summary = summarise(runs)
     for key, s in summary.items():
         print(key, s, flush=True)
-    payload = {
-        "command": fx.command("md", argv),
-        "machine": fx.machine(),
-        "checkpoints": paths,
-        "protocol": __doc__.split("Protocol: ")[1].split(" Reported")[0].replace("\n", " "),
-        "summary": summary,
-        "nve": {r["model"]: r for r in runs if r["ensemble"] == "nve"},
-        "runs": [r for r in runs if r["ensemble"] == "nvt"],
-    }
+    payload = {"command": fx.command("md", argv), "machine": fx.machine(), "checkpoints": paths}
+    payload["protocol"] = __doc__.split("Protocol: ")[1].split(" Reported")[0].replace("\n", " ")
+    payload["summary"], payload["nve"] = summary, {r["model"]: r for r in runs if r["ensemble"] == "nve"}
+    payload["runs"] = [r for r in runs if r["ensemble"] == "nvt"]
     fx.write_json("md", payload, args.out)
     plot(runs, args.out)
     return payload

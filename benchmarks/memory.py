@@ -62,13 +62,8 @@ def child(path: str, system: str, steps: int) -> dict:
         opt.step()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "baseline_rss_mb": base,
-        "peak_rss_mb": peak,
-        "step_mb": peak - base,
-        "step_s_median": statistics.median(times[1:] or times),
-        "atoms": int(batch.natoms.sum()),
-    }
+    row = {"baseline_rss_mb": base, "peak_rss_mb": peak, "step_mb": peak - base}
+    return row | {"step_s_median": statistics.median(times[1:] or times), "atoms": int(batch.natoms.sum())}
 
 
 def main(argv=None) -> dict:
@@ -86,14 +81,8 @@ def main(argv=None) -> dict:
     for name in args.models:
         system = name.split("_")[0]
         child_args = ["--child", str(models.path(name)), system, "--steps", str(args.steps)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.memory", *child_args],
-            cwd=fx.REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        command = [sys.executable, "-m", "benchmarks.memory", *child_args]
+        proc = subprocess.run(command, cwd=fx.REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError(f"memory child {name} failed:\n{proc.stderr[-3000:]}")
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
@@ -107,13 +96,9 @@ def main(argv=None) -> dict:
         }
         for system, rows in results.items()
     }
-    payload = {
-        "command": fx.command("memory", argv),
-        "machine": fx.machine(),
-        "method": __doc__.split("Method")[1].split("    .venv")[0].strip(),
-        "results": results,
-        "ratios": ratios,
-    }
+    payload = {"command": fx.command("memory", argv), "machine": fx.machine()}
+    payload["method"] = __doc__.split("Method")[1].split("    .venv")[0].strip()
+    payload |= {"results": results, "ratios": ratios}
     fx.write_json("memory", payload, args.out)
     plt = fx.pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)

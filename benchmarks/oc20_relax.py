@@ -28,15 +28,9 @@ def relax(atoms, calc, args) -> dict:
 
     t0 = time.perf_counter()
     _, report = run_relaxation(atoms, calc, optimizer="lbfgs", fmax=args.fmax, steps=args.steps)
-    wall = time.perf_counter() - t0
-    return {
-        "steps": report.steps,
-        "converged": report.converged,
-        "evaluations_per_step": report.mean_solver_iterations,
-        "final_energy_eV": report.final_energy_eV,
-        "final_fmax_eVA": report.final_fmax_eVA,
-        "wall_s": wall,
-    }
+    row = {"steps": report.steps, "converged": report.converged, "evaluations_per_step": report.mean_solver_iterations}
+    row |= {"final_energy_eV": report.final_energy_eV, "final_fmax_eVA": report.final_fmax_eVA}
+    return row | {"wall_s": time.perf_counter() - t0}
 
 
 def main(argv=None) -> dict:
@@ -55,28 +49,18 @@ def main(argv=None) -> dict:
         order = (True, False) if i % 2 == 0 else (False, True)
         runs = {("reuse" if r else "cold"): relax(atoms, models.calculator(NAME, reuse=r), args) for r in order}
         reuse, cold = runs["reuse"], runs["cold"]
-        systems[path.stem] = {
-            "atoms": len(atoms),
-            **runs,
-            "evaluations_ratio": reuse["evaluations_per_step"] / cold["evaluations_per_step"],
-            "wall_ratio": reuse["wall_s"] / cold["wall_s"],
-            "energy_difference_meV": 1e3 * abs(reuse["final_energy_eV"] - cold["final_energy_eV"]),
-        }
+        systems[path.stem] = {"atoms": len(atoms), **runs}
+        systems[path.stem]["evaluations_ratio"] = reuse["evaluations_per_step"] / cold["evaluations_per_step"]
+        systems[path.stem]["wall_ratio"] = reuse["wall_s"] / cold["wall_s"]
+        systems[path.stem]["energy_difference_meV"] = 1e3 * abs(reuse["final_energy_eV"] - cold["final_energy_eV"])
         print(path.stem, systems[path.stem], flush=True)
     total = {k: sum(s[k]["wall_s"] for s in systems.values()) for k in ("reuse", "cold")}
-    payload = {
-        "command": fx.command("oc20_relax", argv),
-        "machine": fx.machine(),
-        "load_before_after": [load_before, os.getloadavg()],
-        "checkpoint": str(models.path(NAME)),
-        "held_out_systems": held_out,
-        "summary": {
-            "wall_ratio_total": total["reuse"] / total["cold"],
-            "evaluations_ratio_mean": sum(s["evaluations_ratio"] for s in systems.values()) / len(systems),
-            "max_energy_difference_meV": max(s["energy_difference_meV"] for s in systems.values()),
-        },
-        "systems": systems,
-    }
+    summary = {"wall_ratio_total": total["reuse"] / total["cold"]}
+    summary["evaluations_ratio_mean"] = sum(s["evaluations_ratio"] for s in systems.values()) / len(systems)
+    summary["max_energy_difference_meV"] = max(s["energy_difference_meV"] for s in systems.values())
+    payload = {"command": fx.command("oc20_relax", argv), "machine": fx.machine()}
+    payload |= {"load_before_after": [load_before, os.getloadavg()], "checkpoint": str(models.path(NAME))}
+    payload |= {"held_out_systems": held_out, "summary": summary, "systems": systems}
     fx.write_json("oc20_relax", payload, args.out)
     plt = fx.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -85,7 +69,7 @@ def main(argv=None) -> dict:
         ax.bar([i + shift for i in x], [s[key]["evaluations_per_step"] for s in systems.values()], 0.4, label=key)
     ax.set_xticks(list(x), list(systems), fontsize=7)
     ax.set_ylabel("solver evaluations per optimiser step")
-    ax.set_title(f"OC20 relaxations ({NAME}): wall time reuse / cold = {payload['summary']['wall_ratio_total']:.2f}")
+    ax.set_title(f"OC20 relaxations ({NAME}): wall time reuse / cold = {summary['wall_ratio_total']:.2f}")
     ax.legend()
     fx.save_figure(fig, "oc20_relax", args.out)
     return payload

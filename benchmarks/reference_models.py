@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.fixtures import LABELS as MODEL_LABELS
 from benchmarks.fixtures import (
     MINI_WIDTH,
     REPO,
@@ -194,17 +195,9 @@ def train(name: str, budget_cpu_s: float) -> dict:
         step = torch.load(saved, map_location="cpu", weights_only=False)["step"] if saved.is_file() else None
         record["cpu_s"] = start_cpu + cpu
         record["running"] = False
-        record["runs"].append(
-            {
-                "cpu_s": cpu,
-                "wall_s": time.time() - t0,
-                "step_after": step,
-                "stopped_by_budget": stopped,
-                "returncode": proc.returncode,
-                "commit": _commit(),
-                "command": " ".join(str(a) for a in args),
-            }
-        )
+        run = {"cpu_s": cpu, "wall_s": time.time() - t0, "step_after": step, "stopped_by_budget": stopped}
+        run |= {"returncode": proc.returncode, "commit": _commit(), "command": " ".join(map(str, args))}
+        record["runs"].append(run)
         record.update(
             config=MODELS[name].config, epochs=MODELS[name].schedule_epochs, budget_cpu_s=budget_cpu_s, step=step
         )
@@ -213,13 +206,7 @@ def train(name: str, budget_cpu_s: float) -> dict:
     return record
 
 
-LABELS = {
-    "ethanol_deq1": "DEQ1",
-    "ethanol_eqv2_4l": "EquiformerV2-4",
-    "ethanol_eqv2_8l": "EquiformerV2-8",
-    "oc20_deq1": "DEQ1 (OC20)",
-    "oc20_eqv2_4l": "EquiformerV2-4 (OC20)",
-}
+LABELS = {name: MODEL_LABELS[name] + (" (OC20)" if name.startswith("oc20") else "") for name in MODELS}
 DATA = {
     "ethanol": "MD17 ethanol (Chmiela et al. 2017), frames 0..1799 of the bundled 2,000: 950 train / 50 val "
     "(random, seed 0); test = held-back consecutive frames 1800..1999",
@@ -265,25 +252,14 @@ def export(name: str) -> dict:
     checkpoint = torch.load(state, map_location="cpu", weights_only=False)
     model = _ema_model(name, state)
     run = MODELS[name]
-    card = {
-        "name": name,
-        "model": LABELS[name],
-        "parameters": num_params(model),
-        "config": run.config,
-        "config_overrides": list(run.overrides),
-        "data": DATA[run.dataset],
-        "training": {
-            "cpu_minutes": record["cpu_s"] / 60.0,
-            "threads": 1,
-            "steps": checkpoint.get("step"),
-            "cosine_schedule_epochs": run.schedule_epochs,
-            "commits": sorted({run["commit"] for run in record["runs"]}),
-            "command": "python -m benchmarks.reference_models train --models " + name,
-            "fairchem_command": record["runs"][-1]["command"] if record["runs"] else None,
-        },
-        "weights": "ema",
-        "machine": machine(),
-    }
+    training = {"cpu_minutes": record["cpu_s"] / 60.0, "threads": 1, "steps": checkpoint.get("step")}
+    training["cosine_schedule_epochs"] = run.schedule_epochs
+    training["commits"] = sorted({run["commit"] for run in record["runs"]})
+    training["command"] = "python -m benchmarks.reference_models train --models " + name
+    training["fairchem_command"] = record["runs"][-1]["command"] if record["runs"] else None
+    card = {"name": name, "model": LABELS[name], "parameters": num_params(model), "config": run.config}
+    card |= {"config_overrides": list(run.overrides), "data": DATA[run.dataset], "training": training}
+    card |= {"weights": "ema", "machine": machine()}
     if run.dataset == "ethanol":
         card["test"] = test_errors(name, state)
     out = REFERENCE_MODELS / f"{name}.pt"

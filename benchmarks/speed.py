@@ -16,10 +16,20 @@ same --out, same setting labels) against cost per MD step, EquiformerV2-1/4/8 as
 floor (an explicit model has no fixed point to miss).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.speed [--frames 40] [--oc20-frames 20] [--settings ...]
+
+With --replicas (speed_replicas.json/.png): atom-steps per second of ethanol replicas (frame
+1800) and --slabs OC20 slabs at each of --thread-counts, DEQ1 (warm, --replica-setting)
+against EquiformerV2-4 and -8 through one torch-sim path (`DEQTorchSimModel`, Langevin 300 K,
+0.5 fs) and against the same DEQ1 stepping one structure at a time through ASE (Langevin, a
+DEQCalculator per replica); interleaved step by step; evaluations per replica-step.
+
+    .venv/bin/python -m benchmarks.speed --replicas 1 8 32 128 [--slabs 4 16] [--steps 20] [--thread-counts 1 2]
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import statistics
 
@@ -62,26 +72,17 @@ def time_system(system: str, n: int, settings: list[str], models) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     evaluation = (med[f"DEQ1 {HI} evaluations"] - med[f"DEQ1 {LO} evaluations"]) / (HI - LO)
     block = (med["EquiformerV2-8"] - med["EquiformerV2-1"]) / 7
-    steps = {
-        label: {
-            "median_ms": 1e3 * med[label],
-            "mean_ms": 1e3 * statistics.mean(times[label]),
-            "over_EquiformerV2-4": med[label] / med["EquiformerV2-4"],
-            "over_EquiformerV2-8": med[label] / med["EquiformerV2-8"],
-            **({"evaluations": statistics.mean(evaluations[label])} if label in evaluations else {}),
-        }
-        for label in calcs
-    }
+    steps = {label: {"median_ms": 1e3 * t, "mean_ms": 1e3 * statistics.mean(times[label])} for label, t in med.items()}
+    for label, row in steps.items():
+        row |= {f"over_{ref}": med[label] / med[ref] for ref in ("EquiformerV2-4", "EquiformerV2-8")}
+        row |= {"evaluations": statistics.mean(evaluations[label])} if label in evaluations else {}
     deq, explicit = fx.SYSTEMS[system]
-    return {
-        "frames": f"{frames[0].info['system']} {frames[1].info['frame']}..{frames[-1].info['frame']} (timed)",
-        "held_out": frames[0].info.get("held_out", True),
-        "atoms": len(frames[0]),
-        "checkpoints": {name: str(models.path(name)) for name in (deq, *explicit)},
-        "load_before_after": [load_before, os.getloadavg()],
-        "per_step": steps,
-        "per_evaluation": {"evaluation_ms": 1e3 * evaluation, "block_ms": 1e3 * block, "ratio": evaluation / block},
-    }
+    out = {"frames": f"{frames[0].info['system']} {frames[1].info['frame']}..{frames[-1].info['frame']} (timed)"}
+    out |= {"held_out": frames[0].info.get("held_out", True), "atoms": len(frames[0])}
+    out |= {"checkpoints": {name: str(models.path(name)) for name in (deq, *explicit)}}
+    out |= {"load_before_after": [load_before, os.getloadavg()], "per_step": steps}
+    out["per_evaluation"] = {"evaluation_ms": 1e3 * evaluation, "block_ms": 1e3 * block, "ratio": evaluation / block}
+    return out
 
 
 def plot(results: dict, errors: dict, out) -> None:
@@ -109,11 +110,114 @@ def plot(results: dict, errors: dict, out) -> None:
     fx.save_figure(fig, "speed", out)
 
 
+ASE = "DEQ1 ASE one at a time"
+
+
+def replica_frames(system: str, n: int) -> list:
+    """n copies of ethanol frame 1800, or the first frames of n OC20 relaxations (cycling)."""
+    if system == "ethanol":
+        return [fx.held_out_frames(1)[0]] * n
+    paths = fx.oc20_trajectories()
+    return [fx.oc20_frames(paths[i % len(paths)], 1)[0] for i in range(n)]
+
+
+class OneAtATime:
+    """The same MD through ASE one structure at a time: an ASE Langevin run per replica, each
+    with its own fixed-point cache (copies of one DEQCalculator)."""
+
+    def __init__(self, calc, frames):
+        import numpy as np
+        from ase import units
+        from ase.md.langevin import Langevin
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+        self.runs = [Langevin(a.copy(), 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs) for a in frames]
+        for i, run in enumerate(self.runs):
+            run.atoms.calc = copy.copy(calc)
+            run.atoms.calc.fixed_point_cache, run.atoms.calc.results = copy.deepcopy(calc.fixed_point_cache), {}
+            MaxwellBoltzmannDistribution(run.atoms, temperature_K=300, rng=np.random.default_rng(i))
+
+    def calculate(self, _step):
+        for run in self.runs:
+            run.step()
+        self.last_solver_stats = {"nstep": [run.atoms.calc.last_solver_stats["nstep"] for run in self.runs]}
+
+
+def time_replicas(system: str, n: int, steps: int, setting: fx.Setting, models) -> dict:
+    from fairchem_deq.simulate.replicas import LangevinReplicas
+    from fairchem_deq.simulate.torchsim import DEQTorchSimModel
+
+    class Chain(LangevinReplicas):  # a batched Langevin run that fx.step_along steps
+        def calculate(self, _step):
+            self.step()
+            self.last_solver_stats = self.model.last_solver_stats
+
+    deq, explicit = fx.SYSTEMS[system]
+    frames, names = replica_frames(system, n), {"DEQ1": deq, **{fx.LABELS[e]: e for e in explicit[1:]}}
+    with fx.quiet(logging.INFO):
+        sims = {
+            k: DEQTorchSimModel(models.path(e), **(setting.options() if k == "DEQ1" else {})) for k, e in names.items()
+        }
+    setting.stopping(sims["DEQ1"])
+    chains = {label: Chain(model, frames) for label, model in sims.items()}
+    chains[ASE] = OneAtATime(setting.calculator(models, deq), frames)
+    evaluations = {"DEQ1": [], ASE: []}
+
+    def record(label, chain, _step):
+        evaluations.get(label, []).extend(chain.last_solver_stats.get("nstep") or [])
+
+    with fx.quiet():
+        times = fx.step_along(chains, range(steps + 1), record)
+    atoms, med = sum(map(len, frames)), {label: statistics.median(t) for label, t in times.items()}
+    rows = {label: {"median_step_ms": 1e3 * t, "atom_steps_per_s": atoms / t} for label, t in med.items()}
+    for label, values in evaluations.items():
+        rows[label]["evaluations_per_replica_step"] = statistics.mean(values)
+    ratios = {"DEQ1_over_EquiformerV2-4": med["DEQ1"] / med["EquiformerV2-4"], "over_ase": med[ASE] / med["DEQ1"]}
+    return {"atoms": atoms, "models": rows, **ratios}
+
+
+def run_replicas(args, models, argv) -> dict:
+    import torch
+
+    results = {"ethanol": {}, "oc20": {}}
+    for threads in args.thread_counts:
+        torch.set_num_threads(threads)
+        for system, counts in (("ethanol", args.replicas), ("oc20", args.slabs)):
+            for n in counts:
+                row = time_replicas(system, n, args.steps, fx.Setting.parse(args.replica_setting), models)
+                results[system].setdefault(str(n), {})[str(threads)] = row
+                rates = ", ".join(f"{k} {v['atom_steps_per_s']:.0f}" for k, v in row["models"].items())
+                print(f"{system} x{n}, {threads} thread(s), atom-steps/s: {rates}", flush=True)
+    payload = {"command": fx.command("speed", argv), "machine": fx.machine(), "setting": args.replica_setting}
+    payload.update(steps=args.steps, thread_counts=args.thread_counts, systems=results)
+    fx.write_json("speed_replicas", payload, args.out)
+    fig, axes = fx.pyplot().subplots(1, 2, figsize=(12, 4.5))
+    for ax, (system, by_n) in zip(axes, results.items()):
+        curves = {}
+        for n, by_threads in by_n.items():
+            for threads, row in by_threads.items():
+                for label, r in row["models"].items():
+                    curves.setdefault(f"{label}, {threads} thr.", []).append((int(n), r["atom_steps_per_s"]))
+        for label, points in curves.items():
+            ax.plot(*zip(*points), "o-", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="structures in the batch", ylabel="atom-steps / s", title=system)
+        ax.legend(fontsize=6)
+    fx.save_figure(fig, "speed_replicas", args.out)
+    return payload
+
+
 def main(argv=None) -> dict:
     p = fx.parser(__doc__, systems=True)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help="stop/tol/predictor/solver")
+    p.add_argument("--replicas", nargs="*", type=int, help="ethanol replica counts: the torch-sim section instead")
+    p.add_argument("--slabs", nargs="*", type=int, default=[4, 16], help="with --replicas: OC20 slab counts")
+    p.add_argument("--steps", type=int, default=20, help="with --replicas: MD steps timed")
+    p.add_argument("--replica-setting", default="rel/0.01/last/anderson", help="with --replicas: DEQ1's setting")
+    p.add_argument("--thread-counts", nargs="+", type=int, default=[1, 2], help="with --replicas: torch threads")
     args = p.parse_args(argv)
     models = fx.start(args)
+    if args.replicas is not None:
+        return run_replicas(args, models, argv)
     results = {s: time_system(s, n, args.settings, models) for s, n in fx.frames_of(args).items()}
     for system, res in results.items():
         for label, row in res["per_step"].items():
@@ -121,12 +225,8 @@ def main(argv=None) -> dict:
                 f"{system} {label:30s} {row['median_ms']:8.1f} ms  {row['over_EquiformerV2-4']:.3f}x EqV2-4", flush=True
             )
         print(f"{system} per evaluation / per block: {res['per_evaluation']['ratio']:.3f}", flush=True)
-    payload = {
-        "command": fx.command("speed", argv),
-        "machine": fx.machine(),
-        "settings": args.settings,
-        "systems": results,
-    }
+    payload = {"command": fx.command("speed", argv), "machine": fx.machine(), "settings": args.settings}
+    payload["systems"] = results
     fx.write_json("speed", payload, args.out)
     plot(results, fx.read_json("solving", args.out).get("systems", {}), args.out)
     return payload

@@ -1,8 +1,8 @@
 """Smoke test of the benchmark suite (benchmarks/), so that it cannot rot: every script runs
 through `run_all`'s "smoke" profile (two frames, a few steps) on the tiny test checkpoints,
 and writes its JSON and plot, with the keys RESULTS.md is written from, into a tmp folder
-(never benchmarks/results/); reference_models' `status` and `export` run on tiny checkpoints
-in tmp folders instead of training. The data is a stand-in of ../shared/data made from
+(never benchmarks/results/), `speed --replicas` too (2 replicas, 2 steps); reference_models'
+`status` and `export` run on tiny checkpoints in tmp folders instead of training. The data is a stand-in of ../shared/data made from
 tests/data (`FAIRCHEM_DEQ_DATA`): the 300 ethanol frames repeated to 2,000, and two OC20
 relaxations; scratch (derived checkpoints, cached tight solves) goes to a tmp folder too."""
 
@@ -102,6 +102,25 @@ def test_every_script_writes_its_json_and_plot(suite, script):
             value = value[key]
         assert value is not None, (script, path)
     assert (suite / f"{script}.png").stat().st_size > 0
+
+
+def test_speed_replicas_section_runs_torch_sim_replicas_against_one_at_a_time_ase(bench):
+    """`benchmarks.speed --replicas`: 2 ethanol replicas and 2 OC20 slabs, 2 timed steps."""
+    from benchmarks import speed
+
+    root, checkpoints = bench
+    out = root / "replicas"
+    args = ["--replicas", "2", "--slabs", "2", "--steps", "2", "--thread-counts", "1", "--out", str(out)]
+    speed.main([*args, "--checkpoints", *checkpoints])
+    result = json.loads((out / "speed_replicas.json").read_text())
+    assert result["command"].startswith("python -m benchmarks.speed --replicas 2")
+    for system in ("ethanol", "oc20"):
+        row = result["systems"][system]["2"]["1"]
+        assert set(row["models"]) == {"DEQ1", "EquiformerV2-4", "EquiformerV2-8", speed.ASE}
+        assert row["models"][speed.ASE]["evaluations_per_replica_step"] >= 1
+        assert row["models"]["DEQ1"]["evaluations_per_replica_step"] >= 1
+        assert row["DEQ1_over_EquiformerV2-4"] > 0 and row["over_ase"] > 0
+    assert (out / "speed_replicas.png").stat().st_size > 0
 
 
 def test_gpu_check_says_cuda_is_absent_and_writes_nothing(suite):

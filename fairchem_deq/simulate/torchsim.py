@@ -77,8 +77,8 @@ class DEQTorchSimModel(ModelInterface):
         seed: int | None = 0,
     ):
         """Options as `DEQCalculator`'s: `tol`/`max_iter` override the checkpoint's
-        evaluation solves (cold and warm), `warm_start` the predictor ("last"; "linear" with
-        `propagation`), `reuse_max_displacement` (Å, None: no bound; default the
+        evaluation solves (cold and warm), `warm_start` the predictor (default as the
+        calculator's: `checkpoint_model.predictor_for`), `reuse_max_displacement` (Å, None: no bound; default the
         checkpoint's), `solver` (+ `solver_kwargs`), `weights` ("auto": EMA where the
         checkpoint has them), `propagation` ("one_step"/"two_step": warm rows take that many
         evaluations, guarded by `propagation_guard`). `device`: where the model runs;
