@@ -100,6 +100,8 @@ def test_non_deq_checkpoint_and_garbage_get_clear_errors(tmp_path):
     torch.save({"config": {"model": {"name": "hydra", "backbone": {"model": "schnet_backbone"}}}}, other)
     with pytest.raises(ValueError, match="neither a DEQuiformer nor an EquiformerV2 checkpoint.*schnet_backbone"):
         DEQCalculator(other)
+    with pytest.raises(ValueError, match="holds no model weights"):  # an EquiformerV2 config without weights
+        DEQCalculator(eqv2)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):

@@ -178,7 +178,13 @@ def test_bad_structure_and_non_deq_checkpoint_are_one_line_errors(tmp_path, comm
         cwd=tmp_path,
     )
     assert proc.returncode == 2
-    assert "not a DEQuiformer checkpoint" in one_line_error(proc, command)
+    assert "holds no model weights" in one_line_error(proc, command)  # EquiformerV2 runs, but this has none
+    painn = tmp_path / "painn.pt"
+    torch.save({"config": {"model": {"name": "hydra", "backbone": {"model": "painn_backbone"}}}}, painn)
+    proc = run(command, "--checkpoint", str(painn), "--structure", str(DATA / "md17_ethanol_300.npz"), "--out", str(out),
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    assert "neither a DEQuiformer nor an EquiformerV2 checkpoint" in one_line_error(proc, command)
     proc = run(
         command,
         "--checkpoint",

@@ -50,10 +50,12 @@ def check_calculator_checkpoint(checkpoint_path: str | Path) -> tuple[dict, bool
     """(checkpoint, is_deq) of a DEQuiformer or an explicit EquiformerV2 checkpoint; a clear
     error for anything else."""
     checkpoint, backbone, cls = _load_checkpoint(checkpoint_path)
-    if cls is not None and issubclass(cls, DEQEquiformerV2Backbone):
-        return checkpoint, True
-    if cls is not None and issubclass(cls, EquiformerV2Backbone):
-        return checkpoint, False
+    if cls is not None and issubclass(cls, EquiformerV2Backbone):  # DEQEquiformerV2Backbone included
+        if not isinstance(checkpoint.get("state_dict"), dict):
+            raise CheckpointError(
+                f"{checkpoint_path} holds no model weights ('state_dict'): not a complete fairchem checkpoint"
+            )
+        return checkpoint, issubclass(cls, DEQEquiformerV2Backbone)
     raise CheckpointError(
         f"{checkpoint_path} is neither a DEQuiformer nor an EquiformerV2 checkpoint: its model backbone "
         f"is {backbone!r}. Use fairchem's OCPCalculator for it."
