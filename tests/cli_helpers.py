@@ -33,6 +33,9 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`timeout`: a run still going then (a DDP hang) is killed with all its ranks, and fails."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    # fairchem's INFO log is what these tests read: a LOGLEVEL left by an in-process command
+    # (the md/relax/replicas loaders set WARNING) must not silence it
+    env.pop("LOGLEVEL", None)
     command = [str(BIN / program), *args]
     # its own process group: the DDP ranks are the launcher's children, and a hang must not outlive the test
     with subprocess.Popen(

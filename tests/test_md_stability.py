@@ -224,7 +224,7 @@ def test_md_command_stops_at_the_reference_criterion(reference, tmp_path, monkey
     pull = (start.positions[3] - start.positions[0]) / np.linalg.norm(start.positions[3] - start.positions[0])
     loaded = []
 
-    def load(args):
+    def load(args, **_calculator_options):
         loaded.append(args)
         return Pull(3, 2.0 * pull, start.positions), start.copy()
 

@@ -188,8 +188,10 @@ def test_an_explicit_checkpoint_runs_through_the_same_model(explicit_checkpoint)
         _model(explicit_checkpoint, tol=1e-3)
 
 
-def test_replicas_command_writes_trajectories_and_a_report(trained_checkpoint, tmp_path):
+def test_replicas_command_writes_trajectories_and_a_report(trained_checkpoint, tmp_path, monkeypatch):
     from torch_sim.trajectory import TorchSimTrajectory
+
+    monkeypatch.setenv("LOGLEVEL", "WARNING")  # the command sets it in this process: restored afterwards
 
     from fairchem_deq.cli.main import main
 

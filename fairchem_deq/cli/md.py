@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = report.to_dict()
         summary["propagation"] = args.propagation
-        summary["propagation_fallbacks"] = calc.propagation_fallbacks
+        if args.propagation:
+            summary["propagation_fallbacks"] = calc.propagation_fallbacks
         final = Path(args.out).absolute()
         summary["trajectory"], summary["log"] = str(final / "md.traj"), str(final / "md_log.csv")
         write_report(out, summary)
