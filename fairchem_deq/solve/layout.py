@@ -40,3 +40,8 @@ class PaddedLayout:
             return rows.reshape(rows.shape[1:])
         flat = rows.reshape(self.num_structures * self.n_max, *rows.shape[2:])
         return flat.index_select(0, self.index)
+
+
+def per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row values [B] shaped [B, 1, ...] to broadcast over the solver rows of `like`."""
+    return values.view(-1, *([1] * (like.dim() - 1)))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import per_row
 from .tracker import EPS, TrackedFunction
 
 PROPAGATIONS = {"one_step": 1, "two_step": 2}
@@ -57,10 +58,6 @@ class Propagation:
         return cls(PROPAGATIONS[name], **settings)
 
 
-def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
-
 def propagate(tracked: TrackedFunction, z_p: torch.Tensor, propagation: Propagation):
     """-> (output the heads read, state carried to the next prediction), both rows like z_p.
     `tracked` records the residuals and the contraction estimate of its evaluations."""
@@ -68,10 +65,10 @@ def propagate(tracked: TrackedFunction, z_p: torch.Tensor, propagation: Propagat
     if propagation.evaluations == 1:
         q = tracked.contraction()  # the cached estimate (no secant from one evaluation)
         w = (1.0 / (1.0 - q)).clamp(1.0, propagation.max_relaxation)
-        return z_p + _rows(w, z_p) * (z1 - z_p), z1
+        return z_p + per_row(w, z_p).to(z_p.dtype) * (z1 - z_p), z1
     z2 = tracked(z1)
     r0, r1 = (z1 - z_p).flatten(1), (z2 - z1).flatten(1)
     d = r0 - r1
     a = ((r0 * d).sum(dim=1) / (d * d).sum(dim=1).clamp_min(EPS)).clamp(0.0, propagation.max_relaxation)
-    mixed = z1 + _rows(a, z1) * (z2 - z1)
+    mixed = z1 + per_row(a, z1).to(z1.dtype) * (z2 - z1)
     return mixed, mixed

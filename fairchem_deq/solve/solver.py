@@ -46,6 +46,7 @@ from torchdeq.loss import jac_reg
 from torchdeq.solver import get_solver
 
 from .adjoint import AdjointRecord, attach_adjoint
+from .layout import per_row
 from .precision import float32_solver
 from .propagation import Propagation, propagate
 from .scope import SolveScope
@@ -267,7 +268,7 @@ class StructureDEQSolver(nn.Module):
         if bool(passed.all()):
             return DEQSolveResult(output, [output], stats, carry=carry)
         solved = self._solve(f, torch.nan_to_num(carry.detach()), "eval_warm", scope, contraction, None, warm)
-        keep = passed.view(-1, *([1] * (z0.dim() - 1)))
+        keep = per_row(passed, z0)
         combined = {
             key: torch.where(passed, value, solved.stats[key])
             for key, value in stats.items()
@@ -326,12 +327,12 @@ class StructureDEQSolver(nn.Module):
     def _retry_cold(self, f, warm: DEQSolveResult, scope, bad: torch.Tensor, contraction=None) -> DEQSolveResult:
         """Re-solves the rows `bad` (warm starts that failed) from zero with the eval_cold
         settings; the other rows start from their solution."""
-        z0 = torch.where(bad.view(-1, *([1] * (warm.fixed_point.dim() - 1))), 0.0, warm.fixed_point)
+        z0 = torch.where(per_row(bad, warm.fixed_point), 0.0, warm.fixed_point)
         z0 = torch.nan_to_num(z0.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         # failed structures also restart the solver's own state (converged ones keep theirs)
         state = None
         if warm.solver_state is not None:
-            state = tuple(torch.where(bad.view(-1, *([1] * (t.dim() - 1))), 0.0, t) for t in warm.solver_state)
+            state = tuple(torch.where(per_row(bad, t), 0.0, t) for t in warm.solver_state)
         retry = self._solve(f, z0, "eval_cold", scope, contraction, state)
         stats = dict(retry.stats)
         stats["nstep"] = torch.where(bad, warm.stats["nfe"] + retry.stats["nstep"], warm.stats["nstep"])

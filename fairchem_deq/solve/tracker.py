@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import per_row
 from .scope import SolveScope
 from .settings import SolveSettings
 
@@ -154,7 +155,7 @@ class TrackedFunction:
         self.abs_at_lowest = torch.where(better, diff, self.abs_at_lowest)
         self.rel_at_lowest = torch.where(better, rel, self.rel_at_lowest)
         if self.best is not None:
-            rows = better.view(-1, *([1] * (self.best.dim() - 1)))
+            rows = per_row(better, self.best)
             self.best = torch.where(rows, fz.detach().reshape(self.shape), self.best)
         met = metric < rules.tol
         newly = (self.first_converged == 0) & met
